@@ -171,22 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
+    from teacher.audio import AudioError
     from teacher.config import ConfigError
+    from teacher.data import DataError
 
     setup_logging()
     args = build_parser().parse_args(argv)
     handlers = {"data": _run_data, "train": _run_train, "reconstruct": _run_reconstruct}
     try:
         return handlers[args.command](args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, DataError, AudioError, FileNotFoundError) as err:
+        # errors meant for the user: one line, no traceback, nothing half-written
         log.error("%s", err)
         return 2
-    except ValueError as err:
-        # DataError / AudioError are ValueErrors with a message meant for the user
-        if type(err).__name__ in ("DataError", "AudioError"):
-            log.error("%s", err)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

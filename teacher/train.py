@@ -246,7 +246,9 @@ def train_vqvae(model_cfg: VQVAEConfig, data_cfg: Any, cfg: TrainConfig) -> Path
     main = accelerator.is_main_process
     set_seed(cfg.seed, device_specific=False)
 
-    scan = scan_audio(data_cfg)  # raises DataError when nothing is usable
+    # the main process scans first and fills the decoded cache; the others then reuse it
+    with accelerator.main_process_first():
+        scan = scan_audio(data_cfg)  # raises DataError when nothing is usable
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         log.info("%s", scan.summary())
@@ -413,6 +415,13 @@ def add_vqvae_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--l_bins", type=int, default=None, help="codebook size override")
     p.add_argument("--no_aug_blend", action="store_true", help="fixed 0.5 stereo downmix")
+    p.add_argument(
+        "--data_cache",
+        choices=("decoded", "none"),
+        default="decoded",
+        help="decode each file once into a memory-mapped cache (fastest) or seek every crop",
+    )
+    p.add_argument("--cache_dir", default=None, help="decoded cache folder (default ~/.cache)")
     add_train_args(p)
 
 
@@ -433,6 +442,8 @@ def vqvae_configs_from_args(args: argparse.Namespace) -> tuple[VQVAEConfig, Any,
         sample_rate=model_cfg.sample_rate,
         sample_length=model_cfg.sample_length,
         aug_blend=not args.no_aug_blend,
+        cache=args.data_cache,
+        cache_dir=args.cache_dir,
         seed=args.seed,
     )
     return model_cfg, data_cfg, train_config_from_args(args)
@@ -459,9 +470,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()
     args = build_parser().parse_args(argv)
+    from teacher.data import DataError
+
     try:
         out = run(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
     log.info("model written to %s", out)
