@@ -92,6 +92,11 @@ class VQVAEConfig:
             )
         _check(all(d >= 1 for d in self.downs_t), f"downs_t must be >= 1, got {self.downs_t}")
         _check(all(s >= 2 for s in self.strides_t), f"strides_t must be >= 2, got {self.strides_t}")
+        # kernel 2s with padding s/2 maps T to exactly T/s only for even strides (Jukebox's
+        # assert_shape would fail otherwise)
+        _check(
+            all(s % 2 == 0 for s in self.strides_t), f"strides_t must be even, got {self.strides_t}"
+        )
         _check(self.channels == 1, "Jukebox models are mono: channels must be 1")
         _check(self.sample_rate > 0, "sample_rate must be positive")
         top = self.hop_lengths[-1]
@@ -104,8 +109,35 @@ class VQVAEConfig:
         _check(0.0 < self.mu < 1.0, f"mu must be in (0, 1), got {self.mu}")
         _check(self.width > 0 and self.depth > 0, "width and depth must be positive")
         _check(
+            all(m >= 1 for m in self.multipliers), f"multipliers must be >= 1, got {self.multipliers}"
+        )
+        _check(
+            self.m_conv > 0 and int(self.m_conv * self.width) >= 1,
+            f"m_conv must give a residual width >= 1, got {self.m_conv}",
+        )
+        _check(self.dilation_growth_rate >= 1, "dilation_growth_rate must be >= 1")
+        _check(
+            self.dilation_cycle is None or self.dilation_cycle >= 1,
+            f"dilation_cycle must be None or >= 1, got {self.dilation_cycle}",
+        )
+        _check(self.revival_threshold >= 0, "revival_threshold must be >= 0")
+        for name in ("commit", "multispectral", "spectral", "lmix_l1", "lmix_l2", "lmix_linf"):
+            _check(getattr(self, name) >= 0, f"loss weight {name} must be >= 0")
+        bw = self.bandwidth
+        _check(
+            bw.l1 > 0 and bw.l2 > 0 and bw.spec > 0,
+            f"bandwidth statistics must be positive, got {bw}",
+        )
+        _check(
             len(self.multispec_n_fft) == len(self.multispec_hop) == len(self.multispec_win),
             "multispec_n_fft, multispec_hop and multispec_win must have the same length",
+        )
+        _check(
+            all(
+                0 < h and 0 < w <= n
+                for n, h, w in zip(self.multispec_n_fft, self.multispec_hop, self.multispec_win)
+            ),
+            "each multispectral resolution needs hop > 0 and 0 < win <= n_fft",
         )
         _check(self.linf_k > 0, "linf_k must be positive")
         return self
