@@ -109,7 +109,8 @@ class VQVAEConfig:
         _check(0.0 < self.mu < 1.0, f"mu must be in (0, 1), got {self.mu}")
         _check(self.width > 0 and self.depth > 0, "width and depth must be positive")
         _check(
-            all(m >= 1 for m in self.multipliers), f"multipliers must be >= 1, got {self.multipliers}"
+            all(m >= 1 for m in self.multipliers),
+            f"multipliers must be >= 1, got {self.multipliers}",
         )
         _check(
             self.m_conv > 0 and int(self.m_conv * self.width) >= 1,
@@ -257,4 +258,3 @@ def load_config(cls: type[T], path: str) -> T:
     if tag != cls.__name__:
         raise ConfigError(f"{path} holds a {tag}, expected a {cls.__name__}")
     return config_from_dict(cls, data)
-

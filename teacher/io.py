@@ -99,7 +99,9 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> N
     save_file(out, str(path))
 
 
-def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_tensors(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """Load a safetensors file (never unpickles)."""
     return load_file(str(path), device=str(device))
 

@@ -338,7 +338,9 @@ def train_vqvae(model_cfg: VQVAEConfig, data_cfg: Any, cfg: TrainConfig) -> Path
                 record = {"loss": loss, "lr": scheduler.get_last_lr()[0]}
                 record.update({k: float(v) for k, v in out.terms.items()})
                 record.update({k: float(v) for k, v in out.metrics.items()})
-                sc = " ".join(f"{record.get(f'sc_l{lv}', float('nan')):.2f}" for lv in range(levels))
+                sc = " ".join(
+                    f"{record.get(f'sc_l{lv}', float('nan')):.2f}" for lv in range(levels)
+                )
                 use = " ".join(f"{int(record.get(f'usage_l{lv}', 0))}" for lv in range(levels))
                 progress.update(task, advance=1, info=f"loss {loss:.3f} sc {sc} used {use}")
                 if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:

@@ -190,9 +190,7 @@ def test_two_processes_keep_identical_codebooks(tone_dir, tmp_path):
     cmd = _train_cmd(tone_dir, out, "--max_train_steps", "4", "--checkpointing_steps", "4")
     env = _env()
     env["ACCELERATE_USE_CPU"] = "1"
-    res = subprocess.run(
-        launch + cmd[1:], env=env, capture_output=True, text=True, timeout=300
-    )
+    res = subprocess.run(launch + cmd[1:], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     state = read_json(out / "checkpoints" / "checkpoint-4" / STATE_FILE)
     assert state["world_size"] == 2
