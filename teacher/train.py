@@ -339,10 +339,13 @@ def train_vqvae(model_cfg: VQVAEConfig, data_cfg: Any, cfg: TrainConfig) -> Path
                 record.update({k: float(v) for k, v in out.terms.items()})
                 record.update({k: float(v) for k, v in out.metrics.items()})
                 sc = " ".join(
-                    f"{record.get(f'sc_l{lv}', float('nan')):.2f}" for lv in range(levels)
+                    f"{record.get(f'sc_db_l{lv}', float('nan')):.1f}" for lv in range(levels)
                 )
-                use = " ".join(f"{int(record.get(f'usage_l{lv}', 0))}" for lv in range(levels))
-                progress.update(task, advance=1, info=f"loss {loss:.3f} sc {sc} used {use}")
+                alive = " ".join(
+                    str(int(record.get(f"alive_l{lv}", record.get(f"usage_l{lv}", 0))))
+                    for lv in range(levels)
+                )
+                progress.update(task, advance=1, info=f"loss {loss:.3f} SC dB {sc} codes {alive}")
                 if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
                     metrics_log.write(step, record)
                     if cfg.report_to != "none":
