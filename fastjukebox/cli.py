@@ -27,6 +27,8 @@ def setup_logging(level: int = logging.INFO) -> None:
         handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
         force=True,
     )
+    # accelerate logs every file of every checkpoint at INFO
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,14 +65,12 @@ def _run_data(args: argparse.Namespace) -> int:
         cfg = SynthConfig(
             n_songs=args.n_songs, seconds=args.seconds, sample_rate=args.sample_rate, seed=args.seed
         )
-        summary = write_synth_dataset(args.out, cfg)
-        log.info("%s", summary)
+        write_synth_dataset(args.out, cfg)  # logs its own summary
         return 0
     if args.data_cmd == "chorales":
         from teacher.chorales import write_chorales
 
-        summary = write_chorales(args.out, sample_rate=args.sample_rate, limit=args.limit)
-        log.info("%s", summary)
+        write_chorales(args.out, sample_rate=args.sample_rate, limit=args.limit)  # logs a summary
         return 0
     if args.data_cmd == "scan":
         from teacher.data import DataConfig, scan_audio
@@ -126,7 +126,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     import torch
 
     from teacher.audio import load_audio, write_wav
-    from teacher.losses import sc_db
+    from teacher.losses import sc_db, spectral_convergence
     from teacher.vqvae import VQVAE
 
     model = VQVAE.from_pretrained(args.model).eval()
@@ -150,7 +150,12 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
                 y = model.decode(codes[level : level + 1], start_level=level)
                 dst = out / f"{stem}_level{level}_hop{cfg.hop_lengths[level]}.wav"
                 write_wav(dst, y[0].numpy(), cfg.sample_rate)
-                log.info("%s: SC %.1f dB -> %s", stem, float(sc_db(x, y).mean()), dst)
+                log.info(
+                    "%s: SC %.1f dB -> %s",
+                    stem,
+                    float(sc_db(spectral_convergence(x, y)).mean()),
+                    dst,
+                )
     return 0
 
 

@@ -209,6 +209,10 @@ def make_progress(enabled: bool) -> Any:
     )
 
 
+def _scalar(v: Any) -> float:
+    return float(v.detach()) if torch.is_tensor(v) else float(v)
+
+
 def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -336,8 +340,8 @@ def train_vqvae(model_cfg: VQVAEConfig, data_cfg: Any, cfg: TrainConfig) -> Path
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss {loss} at step {step}")
                 record = {"loss": loss, "lr": scheduler.get_last_lr()[0]}
-                record.update({k: float(v) for k, v in out.terms.items()})
-                record.update({k: float(v) for k, v in out.metrics.items()})
+                record.update({k: _scalar(v) for k, v in out.terms.items()})
+                record.update({k: _scalar(v) for k, v in out.metrics.items()})
                 sc = " ".join(
                     f"{record.get(f'sc_db_l{lv}', float('nan')):.1f}" for lv in range(levels)
                 )

@@ -1,0 +1,73 @@
+"""The console script: data synth -> reconstruct, and clear errors for bad input."""
+
+import json
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from fastjukebox.cli import main
+from teacher.config import tiny_vqvae
+from teacher.vqvae import VQVAE
+
+
+def test_synth_then_reconstruct_every_level(tmp_path):
+    data = tmp_path / "data"
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(data),
+                "--n_songs",
+                "2",
+                "--seconds",
+                "2",
+                "--sample_rate",
+                "8000",
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["lyrics"] and r["words"] for r in rows)
+
+    torch.manual_seed(0)
+    model = VQVAE(tiny_vqvae(sample_rate=8000))
+    model.train()
+    model(torch.randn(2, 1, 2048) * 0.1)  # initialise the codebooks from data
+    model.save_pretrained(tmp_path / "vq")
+    wav = data / rows[0]["file"]
+    out = tmp_path / "recon"
+    assert main(["reconstruct", "--model", str(tmp_path / "vq"), str(wav), "--out", str(out)]) == 0
+    x, sr = sf.read(wav)
+    n = len(x) // 128 * 128
+    for level, hop in enumerate((8, 32, 128)):
+        y, sr_y = sf.read(out / f"{wav.stem}_level{level}_hop{hop}.wav")
+        assert sr_y == 8000 and len(y) == n
+        assert np.isfinite(y).all()
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "broken.wav").write_bytes(b"RIFF not really audio")
+    assert main(["data", "scan", str(empty)]) == 2
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert "no usable audio" in text and "corrupt 1" in text
+    assert "Traceback" not in text
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--model",
+                str(tmp_path / "missing"),
+                "x.wav",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
