@@ -1,7 +1,9 @@
 """Weight conversion into our teacher models.
 
-For now: the transformers port of the Jukebox VQ-VAE (``JukeboxVQVAE``, transformers
-``models/deprecated/jukebox``) to our :class:`~teacher.vqvae.VQVAE`, whose keys are OpenAI's.
+The transformers port of the Jukebox VQ-VAE (``JukeboxVQVAE``, transformers
+``models/deprecated/jukebox``) to our :class:`~teacher.vqvae.VQVAE`, whose keys are OpenAI's,
+and of its priors (``JukeboxPrior``, see the table above :func:`prior_from_transformers_state_dict`)
+to our :class:`~teacher.prior.model.Prior`.
 The port renamed OpenAI's ``nn.Sequential`` indices into named lists; this module maps them back:
 
     transformers                                                   ours (= OpenAI)
@@ -26,6 +28,13 @@ from typing import Any
 from torch import Tensor
 
 from teacher.config import VQVAEConfig
+from teacher.prior.config import (
+    LabelConditionerConfig,
+    LyricsConfig,
+    PriorConfig,
+    UpsamplerConditionerConfig,
+)
+from teacher.prior.transformer import TransformerConfig
 
 _CONV = {"conv1d_1": "1", "conv1d_2": "3"}
 
@@ -137,3 +146,259 @@ def vqvae_config_from_transformers(hf_cfg: Any, sample_rate: int | None = None) 
         res_scale=bool(_get(hf_cfg, "conv_res_scale", False)),
         commit=float(_get(hf_cfg, "commit", 0.02)),
     ).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# priors
+#
+# transformers' ``JukeboxPrior`` holds OpenAI's prior under new names; ours are OpenAI's:
+#
+#   transformers                                          ours (= OpenAI)
+#   prior.embed_tokens.weight                             prior.x_emb.weight
+#   prior.fc_proj_out.weight                              prior.x_out.weight
+#   prior.pos_emb.pos_emb, prior.start_token              (same)
+#   {prior,encoder}.transformer._attn_mods.i.attn.{c_attn,c_proj,c_enc_kv}.{weight,bias}
+#                                                         {prior,prime_prior}.transformer._attn_mods.i.attn.*.{w,b}
+#   ..._attn_mods.i.layer_norm_{0,1}.*                    ..._attn_mods.i.ln_{0,1}.*
+#   ..._attn_mods.i.mlp.{c_fc,c_proj}.{weight,bias}       ..._attn_mods.i.mlp.*.{w,b}
+#   encoder.{embed_tokens.weight,pos_emb.pos_emb,start_token}
+#                                                         prime_prior.{x_emb.weight,pos_emb.pos_emb,start_token}
+#   encoder.proj_in.{weight,bias}                         prime_state_proj.{w,b}
+#   encoder.final_layer_norm.*                            prime_state_ln.*
+#   encoder.lm_head.weight                                prime_x_out.weight
+#   metadata_embedding.{bow_genre,artist}_emb.weight      y_emb.{bow_genre,artist}_emb.emb.weight
+#   metadata_embedding.{total_length,absolute_pos,relative_pos}_emb.emb.weight
+#                                                         y_emb.*_emb.emb.weight
+#   conditioner_blocks.embed_tokens.weight                conditioner_blocks.0.x_emb.weight
+#   conditioner_blocks.upsampler.proj_in.*                conditioner_blocks.0.cond.model.0.*
+#   conditioner_blocks.upsampler.upsample_block.<2i>.resnet_block.<d>.conv1d_{1,2}.*
+#                                                         conditioner_blocks.0.cond.model.<i+1>.0.blocks.<d>.model.{1,3}.*
+#   conditioner_blocks.upsampler.upsample_block.<2i+1>.*  conditioner_blocks.0.cond.model.<i+1>.1.*
+#   conditioner_blocks.layer_norm.*                       conditioner_blocks.0.ln.*
+#
+# transformers counts prior levels from the top (its level 0 is our top, ``levels - 1``).
+
+#: transformers' attention pattern names -> the reference's attn_order
+HF_ATTENTION_PATTERNS = {
+    "full_dense_attention": 0,
+    "raw_column_previous_row_attention": 2,
+    "large_separated_enc_dec_w_lyrics": 10,
+    "enc_dec_with_lyrics": 12,
+}
+
+_WB = {"weight": "w", "bias": "b"}
+_HF_BLOCK = re.compile(r"^(prior|encoder)\.transformer\._attn_mods\.(\d+)\.(.+)$")
+_HF_BLOCK_CONV = re.compile(
+    r"^(attn\.(?:c_attn|c_proj|c_enc_kv)|mlp\.(?:c_fc|c_proj))\.(weight|bias)$"
+)
+_HF_BLOCK_LN = re.compile(r"^layer_norm_([01])\.(weight|bias)$")
+_HF_META = re.compile(r"^metadata_embedding\.(bow_genre_emb|artist_emb)\.weight$")
+_HF_RANGE = re.compile(
+    r"^metadata_embedding\.(total_length_emb|absolute_pos_emb|relative_pos_emb)\.emb\.weight$"
+)
+_HF_COND_STEP = re.compile(r"^conditioner_blocks\.upsampler\.upsample_block\.(\d+)\.(.+)$")
+_HF_COND_RES = re.compile(r"^resnet_block\.(\d+)\.conv1d_([12])\.(weight|bias)$")
+_HF_FIXED = {
+    "prior.embed_tokens.weight": "prior.x_emb.weight",
+    "prior.fc_proj_out.weight": "prior.x_out.weight",
+    "prior.pos_emb.pos_emb": "prior.pos_emb.pos_emb",
+    "prior.start_token": "prior.start_token",
+    "encoder.embed_tokens.weight": "prime_prior.x_emb.weight",
+    "encoder.pos_emb.pos_emb": "prime_prior.pos_emb.pos_emb",
+    "encoder.start_token": "prime_prior.start_token",
+    "encoder.proj_in.weight": "prime_state_proj.w",
+    "encoder.proj_in.bias": "prime_state_proj.b",
+    "encoder.final_layer_norm.weight": "prime_state_ln.weight",
+    "encoder.final_layer_norm.bias": "prime_state_ln.bias",
+    "encoder.lm_head.weight": "prime_x_out.weight",
+    "conditioner_blocks.embed_tokens.weight": "conditioner_blocks.0.x_emb.weight",
+    "conditioner_blocks.upsampler.proj_in.weight": "conditioner_blocks.0.cond.model.0.weight",
+    "conditioner_blocks.upsampler.proj_in.bias": "conditioner_blocks.0.cond.model.0.bias",
+    "conditioner_blocks.layer_norm.weight": "conditioner_blocks.0.ln.weight",
+    "conditioner_blocks.layer_norm.bias": "conditioner_blocks.0.ln.bias",
+}
+
+
+def _prior_key(key: str) -> str:
+    if key in _HF_FIXED:
+        return _HF_FIXED[key]
+    if m := _HF_BLOCK.match(key):
+        owner, i, rest = m.groups()
+        owner = "prior" if owner == "prior" else "prime_prior"
+        if c := _HF_BLOCK_CONV.match(rest):
+            rest = f"{c.group(1)}.{_WB[c.group(2)]}"
+        elif c := _HF_BLOCK_LN.match(rest):
+            rest = f"ln_{c.group(1)}.{c.group(2)}"
+        else:
+            raise KeyError(f"unexpected transformers JukeboxPrior key {key!r}")
+        return f"{owner}.transformer._attn_mods.{i}.{rest}"
+    if m := _HF_META.match(key):
+        return f"y_emb.{m.group(1)}.emb.weight"
+    if m := _HF_RANGE.match(key):
+        return f"y_emb.{m.group(1)}.emb.weight"
+    if m := _HF_COND_STEP.match(key):
+        j, rest = int(m.group(1)), m.group(2)
+        step = f"conditioner_blocks.0.cond.model.{j // 2 + 1}"
+        if j % 2 == 0 and (r := _HF_COND_RES.match(rest)):
+            d, conv, param = r.groups()
+            return f"{step}.0.blocks.{d}.model.{_CONV['conv1d_' + conv]}.{param}"
+        if j % 2 == 1 and _PARAM.match(rest):
+            return f"{step}.1.{rest}"
+    raise KeyError(f"unexpected transformers JukeboxPrior key {key!r}")
+
+
+def prior_state_dict_from_transformers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map a transformers ``JukeboxPrior`` state dict to ours (OpenAI's key names).
+
+    Tensors are shared, not copied. Raises ``KeyError`` on a key it does not know.
+    """
+    return {_prior_key(k): v for k, v in state_dict.items()}
+
+
+def _transformer_config_from_transformers(
+    hf_cfg: Any, n_ctx: int, prime_len: int | None = None, encoder_dims: int | None = None
+) -> TransformerConfig:
+    pattern = _get(hf_cfg, "attention_pattern")
+    if pattern not in HF_ATTENTION_PATTERNS:
+        raise ValueError(f"unknown transformers attention_pattern {pattern!r}")
+    if not _get(hf_cfg, "mask", False):
+        # the port's default is mask=False (bidirectional); Jukebox priors are always causal
+        raise ValueError("only causal priors convert: the transformers config has mask=False")
+    if _get(hf_cfg, "act_fn", "quick_gelu") != "quick_gelu":
+        raise ValueError(f"only quick_gelu priors convert, got {_get(hf_cfg, 'act_fn')!r}")
+    attn_order = HF_ATTENTION_PATTERNS[pattern]
+    blocks = _get(hf_cfg, "blocks")
+    if attn_order == 0 and blocks and n_ctx % int(blocks):
+        blocks = None  # unused by dense layers, and it need not divide n_ctx there
+    return TransformerConfig(
+        width=int(_get(hf_cfg, "hidden_size")),
+        depth=int(_get(hf_cfg, "num_layers")),
+        heads=int(_get(hf_cfg, "n_heads")),
+        n_ctx=n_ctx,
+        attn_order=attn_order,
+        blocks=None if blocks is None else int(blocks),
+        spread=_get(hf_cfg, "spread"),
+        m_attn=float(_get(hf_cfg, "attention_multiplier", 0.25)),
+        m_mlp=float(_get(hf_cfg, "mlp_multiplier", 1.0)),
+        init_scale=float(_get(hf_cfg, "init_scale", 1.0)),
+        res_scale=bool(_get(hf_cfg, "attn_res_scale", False)),
+        zero_out=bool(_get(hf_cfg, "zero_out", False)),
+        attn_dropout=float(_get(hf_cfg, "attn_dropout", 0.0)),
+        resid_dropout=float(_get(hf_cfg, "resid_dropout", 0.0)),
+        prime_len=prime_len,
+        encoder_dims=encoder_dims,
+    )
+
+
+def prior_config_from_transformers(hf_cfg: Any, hf_level: int | None = None) -> PriorConfig:
+    """Our :class:`~teacher.prior.config.PriorConfig` for a transformers ``JukeboxPriorConfig``
+    (object or dict).
+
+    ``hf_level`` is the port's level (0 = top; default: the config's ``level``). Its
+    ``res_downs_t``/``res_strides_t`` are read bottom-first as in the VQ-VAE; the port indexes
+    them top-first for the upsampler's conditioner, so a geometry where the two disagree (not
+    the released one) raises ``ValueError``.
+    """
+    downs = tuple(int(v) for v in _get(hf_cfg, "res_downs_t"))
+    strides = tuple(int(v) for v in _get(hf_cfg, "res_strides_t"))
+    levels = len(downs)
+    hf_level = int(_get(hf_cfg, "level", 0) if hf_level is None else hf_level)
+    level = levels - 1 - hf_level
+    n_ctx = int(_get(hf_cfg, "n_ctx"))
+    n_tokens = int(_get(hf_cfg, "nb_relevant_lyric_tokens", 0) or 0)
+    single = bool(_get(hf_cfg, "is_encoder_decoder", False))
+    n_vocab = int(_get(hf_cfg, "lyric_vocab_size", 80))
+    fraction = float(_get(hf_cfg, "encoder_loss_fraction", 0.4))
+    alignment = dict(
+        alignment_layer=_get(hf_cfg, "alignment_layer"),
+        alignment_head=_get(hf_cfg, "alignment_head"),
+    )
+
+    lyrics = None
+    if single:
+        if n_tokens == 0:
+            raise ValueError("an is_encoder_decoder (single-sequence) prior needs lyric tokens")
+        transformer = _transformer_config_from_transformers(
+            hf_cfg, n_ctx + n_tokens, prime_len=n_tokens
+        )
+        lyrics = LyricsConfig("single", n_tokens, n_vocab, fraction, **alignment)
+    elif n_tokens > 0:
+        enc_cfg = _get(hf_cfg, "encoder_config")
+        if enc_cfg is None:
+            raise ValueError("a prior with a separate lyric encoder needs its encoder_config")
+        encoder = _transformer_config_from_transformers(enc_cfg, n_tokens)
+        transformer = _transformer_config_from_transformers(hf_cfg, n_ctx, encoder_dims=n_tokens)
+        lyrics = LyricsConfig(
+            "encoder",
+            n_tokens,
+            n_vocab,
+            fraction,
+            encoder,
+            emb_dropout=float(_get(enc_cfg, "emb_dropout", 0.0)),
+            **alignment,
+        )
+    else:
+        transformer = _transformer_config_from_transformers(hf_cfg, n_ctx)
+
+    labels = None
+    if _get(hf_cfg, "metadata_conditioning", True):
+        genre_bins, artist_bins = (int(v) for v in _get(hf_cfg, "metadata_dims"))
+        labels = LabelConditionerConfig(
+            artist_bins=artist_bins,
+            genre_bins=genre_bins,
+            max_genres=int(_get(hf_cfg, "max_nb_genres")),
+            include_timing=hf_level == 0,
+            t_bins=int(_get(hf_cfg, "timing_dims")),
+            min_duration=float(_get(hf_cfg, "min_duration")),
+            max_duration=float(_get(hf_cfg, "max_duration")),
+        )
+
+    conditioner = None
+    if hf_level != 0:
+        if (downs[hf_level], strides[hf_level]) != (downs[level + 1], strides[level + 1]):
+            raise ValueError(
+                f"the port's level-{hf_level} conditioner upsamples by res_*_t[{hf_level}] but "
+                f"the level above ours is res_*_t[{level + 1}]: {downs}, {strides} disagree"
+            )
+        cycle = _get(hf_cfg, "res_dilation_cycle")
+        conditioner = UpsamplerConditionerConfig(
+            width=int(_get(hf_cfg, "res_conv_width")),
+            depth=int(_get(hf_cfg, "res_conv_depth")),
+            m_conv=float(_get(hf_cfg, "res_convolution_multiplier", 1)),
+            dilation_growth_rate=int(_get(hf_cfg, "res_dilation_growth_rate", 1)),
+            dilation_cycle=None if cycle is None else int(cycle),
+            zero_out=False,  # an init-time choice; the weights come from the checkpoint
+            res_scale=bool(_get(hf_cfg, "conv_res_scale", False)),
+        )
+
+    return PriorConfig(
+        level=level,
+        n_ctx=n_ctx,
+        transformer=transformer,
+        l_bins=int(_get(hf_cfg, "music_vocab_size")),
+        downs_t=downs,
+        strides_t=strides,
+        sample_rate=int(_get(hf_cfg, "sampling_rate", 44100)),
+        labels=labels,
+        conditioner=conditioner,
+        lyrics=lyrics,
+        merged_decoder=bool(_get(hf_cfg, "merged_decoder", False)),
+        emb_dropout=float(_get(hf_cfg, "emb_dropout", 0.0)),
+    ).validate()
+
+
+def prior_from_transformers_state_dict(
+    state_dict: Mapping[str, Tensor], hf_config: Any, hf_level: int | None = None
+) -> tuple[PriorConfig, dict[str, Tensor]]:
+    """Config and state dict of our :class:`~teacher.prior.model.Prior` for a transformers
+    ``JukeboxPrior`` (its ``state_dict()`` and ``config``).
+
+    A whole ``JukeboxModel`` state dict works too: the keys under ``priors.<hf_level>.`` are
+    taken. ``hf_level`` defaults to the config's ``level`` (0 = top in the port).
+    """
+    cfg = prior_config_from_transformers(hf_config, hf_level)
+    hf_level = cfg.levels - 1 - cfg.level
+    prefix = f"priors.{hf_level}."
+    if any(k.startswith("priors.") for k in state_dict):
+        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return cfg, prior_state_dict_from_transformers(state_dict)
