@@ -91,7 +91,7 @@ def _run_data(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from teacher.train import add_vqvae_args
+    from teacher.train import PRIOR_HELP, add_prior_args, add_vqvae_args
 
     p = sub.add_parser(
         "train",
@@ -100,6 +100,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     tsub = p.add_subparsers(dest="stage", required=True)
     add_vqvae_args(tsub.add_parser("vqvae", help="train the hierarchical VQ-VAE"))
+    add_prior_args(tsub.add_parser("prior", help=PRIOR_HELP))
 
 
 def _run_train(args: argparse.Namespace) -> int:
