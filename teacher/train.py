@@ -36,7 +36,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,6 +216,58 @@ def make_progress(enabled: bool) -> Any:
     )
 
 
+@dataclass
+class LoopPosition:
+    """Where a training loop is: optimiser steps done, epoch, batches of that epoch consumed.
+
+    Saved in every checkpoint's ``state.json``; with the per-epoch shuffle seed used by
+    :func:`resumable_batches`, a resumed run sees exactly the batches an unbroken run sees.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    epoch_batches: int = 0
+
+    def as_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "epoch_batches": self.epoch_batches}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LoopPosition:
+        return cls(
+            step=int(state["step"]),
+            epoch=int(state.get("epoch", 0)),
+            epoch_batches=int(state.get("epoch_batches", 0)),
+        )
+
+
+def resumable_batches(
+    accelerator: Any,
+    loader: Any,
+    dataset: Any,
+    generator: torch.Generator,
+    seed: int,
+    pos: LoopPosition,
+) -> Iterator[Any]:
+    """Yield batches forever, epoch after epoch, advancing ``pos.epoch``/``pos.epoch_batches``.
+
+    Each epoch's shuffle is seeded from (seed, epoch) and a resumed epoch skips the batches it
+    had already consumed. accelerate's loader sets the dataset's epoch from its own iteration
+    count, which restarts at 0 in a resumed run, so it is given ours.
+    """
+    while True:
+        generator.manual_seed(seed * 1_000_003 + pos.epoch)
+        batches = loader
+        if pos.epoch_batches:
+            batches = accelerator.skip_first_batches(loader, pos.epoch_batches)
+        batches.set_epoch(pos.epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(pos.epoch)
+        for batch in batches:
+            pos.epoch_batches += 1
+            yield batch
+        pos.epoch, pos.epoch_batches = pos.epoch + 1, 0
+
+
 def _scalar(v: Any) -> float:
     return float(v.detach()) if torch.is_tensor(v) else float(v)
 
@@ -296,13 +348,12 @@ def train_vqvae(model_cfg: VQVAEConfig, data_cfg: Any, cfg: TrainConfig) -> Path
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    step, epoch = 0, 0
+    pos = LoopPosition()
     if resume is not None:
         accelerator.load_state(str(resume))
-        state = read_json(resume / STATE_FILE)
-        step, epoch = int(state["step"]), int(state.get("epoch", 0))
+        pos = LoopPosition.from_state(read_json(resume / STATE_FILE))
         if main:
-            log.info("resumed from %s at step %d", resume, step)
+            log.info("resumed from %s at step %d", resume, pos.step)
     if cfg.report_to != "none":
         accelerator.init_trackers("vqvae", config={"lr": cfg.learning_rate})
 
@@ -311,6 +362,7 @@ def train_vqvae(model_cfg: VQVAEConfig, data_cfg: Any, cfg: TrainConfig) -> Path
 
     def export(folder: Path) -> None:
         unwrapped.save_pretrained(folder)
+        scan.vocab.save(str(folder / "vocab.json"))  # the data's artist/genre names -> ids
 
     def checkpoint_state() -> dict[str, Any]:
         digests = [_tensor_digest(b.k) for b in unwrapped.bottleneck.level_blocks]
@@ -318,7 +370,7 @@ def train_vqvae(model_cfg: VQVAEConfig, data_cfg: Any, cfg: TrainConfig) -> Path
         if any(d != per_rank[0] for d in per_rank):
             raise RuntimeError(f"codebooks diverged across ranks: {per_rank}")
         return {
-            "epoch": epoch,
+            **pos.as_state(),
             "world_size": accelerator.num_processes,
             "codebook_digests": per_rank,
             "time": time.time(),
@@ -327,47 +379,43 @@ def train_vqvae(model_cfg: VQVAEConfig, data_cfg: Any, cfg: TrainConfig) -> Path
     model.train()
     levels = model_cfg.levels
     with make_progress(main) as progress:
-        task = progress.add_task("vqvae", total=cfg.max_train_steps, completed=step, info="")
-        while step < cfg.max_train_steps:
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            for batch in loader:
-                with accelerator.accumulate(model):
-                    out = model(batch["audio"])
-                    accelerator.backward(out.loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                loss = out.loss.detach().float().item()
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss} at step {step}")
-                record = {"loss": loss, "lr": scheduler.get_last_lr()[0]}
-                record.update({k: _scalar(v) for k, v in out.terms.items()})
-                record.update({k: _scalar(v) for k, v in out.metrics.items()})
-                sc = " ".join(
-                    f"{record.get(f'sc_db_l{lv}', float('nan')):.1f}" for lv in range(levels)
-                )
-                alive = " ".join(
-                    str(int(record.get(f"alive_l{lv}", record.get(f"usage_l{lv}", 0))))
-                    for lv in range(levels)
-                )
-                progress.update(task, advance=1, info=f"loss {loss:.3f} SC dB {sc} codes {alive}")
-                if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
-                    metrics_log.write(step, record)
-                    if cfg.report_to != "none":
-                        accelerator.log(record, step=step)
-                if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
-                    save_checkpoint(accelerator, cfg, step, export, checkpoint_state())
-                if step >= cfg.max_train_steps:
-                    break
-            epoch += 1
-    if step == 0 or not (out_dir / "model" / "config.json").exists():
-        # nothing to train (already at max_train_steps): still export what was loaded
+        start_step = pos.step
+        task = progress.add_task("vqvae", total=cfg.max_train_steps, completed=start_step, info="")
+        batches = resumable_batches(accelerator, loader, dataset, generator, cfg.seed, pos)
+        while pos.step < cfg.max_train_steps:
+            batch = next(batches)
+            with accelerator.accumulate(model):
+                out = model(batch["audio"])
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            pos.step += 1
+            step = pos.step
+            loss = out.loss.detach().float().item()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss} at step {step}")
+            record = {"loss": loss, "lr": scheduler.get_last_lr()[0]}
+            record.update({k: _scalar(v) for k, v in out.terms.items()})
+            record.update({k: _scalar(v) for k, v in out.metrics.items()})
+            sc = " ".join(f"{record.get(f'sc_db_l{lv}', float('nan')):.1f}" for lv in range(levels))
+            alive = " ".join(
+                str(int(record.get(f"alive_l{lv}", record.get(f"usage_l{lv}", 0))))
+                for lv in range(levels)
+            )
+            progress.update(task, advance=1, info=f"loss {loss:.3f} SC dB {sc} codes {alive}")
+            if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
+                metrics_log.write(step, record)
+                if cfg.report_to != "none":
+                    accelerator.log(record, step=step)
+            if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
+                save_checkpoint(accelerator, cfg, step, export, checkpoint_state())
+    if pos.step == start_step:
+        # nothing trained in this run (already at max_train_steps): export what was loaded
         if main:
             with atomic_dir(out_dir / "model") as folder:
                 export(folder)
@@ -739,16 +787,12 @@ def train_prior(
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    # epoch_batches: batches of the current epoch already consumed; with the per-epoch shuffle
-    # seed below, a resumed run skips them and sees exactly the batches an unbroken run sees
-    step, epoch, epoch_batches = 0, 0, 0
+    pos = LoopPosition()
     if resume is not None:
         accelerator.load_state(str(resume))
-        state = read_json(resume / STATE_FILE)
-        step, epoch = int(state["step"]), int(state.get("epoch", 0))
-        epoch_batches = int(state.get("epoch_batches", 0))
+        pos = LoopPosition.from_state(read_json(resume / STATE_FILE))
         if main:
-            log.info("resumed from %s at step %d", resume, step)
+            log.info("resumed from %s at step %d", resume, pos.step)
     if cfg.report_to != "none":
         accelerator.init_trackers("prior", config={"lr": cfg.learning_rate, "level": level})
 
@@ -772,8 +816,7 @@ def train_prior(
         if any(d != per_rank[0] for d in per_rank):
             raise RuntimeError(f"prior weights diverged across ranks: {per_rank}")
         return {
-            "epoch": epoch,
-            "epoch_batches": epoch_batches,
+            **pos.as_state(),
             "world_size": accelerator.num_processes,
             "weight_digests": per_rank,
             "time": time.time(),
@@ -792,55 +835,45 @@ def train_prior(
     model.train()
     with make_progress(main) as progress:
         name = LEVEL_NAMES[vq_cfg.levels - 1 - level] if vq_cfg.levels == 3 else f"l{level}"
+        start_step = pos.step
         task = progress.add_task(
-            f"prior {name}", total=cfg.max_train_steps, completed=step, info=""
+            f"prior {name}", total=cfg.max_train_steps, completed=start_step, info=""
         )
-        while step < cfg.max_train_steps:
-            generator.manual_seed(cfg.seed * 1_000_003 + epoch)  # the shuffle of this epoch
-            batches = loader
-            if epoch_batches:
-                batches = accelerator.skip_first_batches(loader, epoch_batches)
-            # accelerate's loader sets the dataset's epoch from its own iteration count when
-            # iterated, which restarts at 0 in a resumed run: give it ours
-            batches.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            for batch in batches:
-                epoch_batches += 1
-                codes, labels, upper = batch_inputs(batch)
-                with accelerator.accumulate(model):
-                    out = model(codes, labels=labels, upper=upper)
-                    accelerator.backward(out.loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                loss = out.loss.detach().float().item()
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss} at step {step}")
-                record = {"loss": loss, "lr": scheduler.get_last_lr()[0]}
-                record.update({k: float(v.detach()) for k, v in out.terms.items()})
-                record.update({k: float(v) for k, v in out.metrics.items()})
-                terms = " ".join(f"{k} {record[k]:.3f}" for k in out.terms)
-                progress.update(
-                    task,
-                    advance=1,
-                    info=f"loss {loss:.3f} bits/token ({terms}) acc {record['accuracy']:.3f}",
-                )
-                if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
-                    metrics_log.write(step, record)
-                    if cfg.report_to != "none":
-                        accelerator.log(record, step=step)
-                if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
-                    save_checkpoint(accelerator, cfg, step, export, checkpoint_state())
-                if step >= cfg.max_train_steps:
-                    break
-            else:
-                epoch, epoch_batches = epoch + 1, 0
-    if step == 0 or not (out_dir / "model" / "config.json").exists():
+        batches = resumable_batches(accelerator, loader, dataset, generator, cfg.seed, pos)
+        while pos.step < cfg.max_train_steps:
+            batch = next(batches)
+            codes, labels, upper = batch_inputs(batch)
+            with accelerator.accumulate(model):
+                out = model(codes, labels=labels, upper=upper)
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            pos.step += 1
+            step = pos.step
+            loss = out.loss.detach().float().item()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss} at step {step}")
+            record = {"loss": loss, "lr": scheduler.get_last_lr()[0]}
+            record.update({k: float(v.detach()) for k, v in out.terms.items()})
+            record.update({k: float(v) for k, v in out.metrics.items()})
+            terms = " ".join(f"{k} {record[k]:.3f}" for k in out.terms)
+            progress.update(
+                task,
+                advance=1,
+                info=f"loss {loss:.3f} bits/token ({terms}) acc {record['accuracy']:.3f}",
+            )
+            if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
+                metrics_log.write(step, record)
+                if cfg.report_to != "none":
+                    accelerator.log(record, step=step)
+            if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
+                save_checkpoint(accelerator, cfg, step, export, checkpoint_state())
+    if pos.step == start_step:
         if main:
             with atomic_dir(out_dir / "model") as folder:
                 export(folder)

@@ -102,6 +102,8 @@ def test_train_export_and_bad_config(tone_dir, tmp_path):
         assert np.isfinite(rec[key]), key
     assert (out / "model" / "config.json").is_file()
     assert (out / "model" / "model.safetensors").is_file()
+    vocab = json.loads((out / "model" / "vocab.json").read_text())  # saved with the model
+    assert vocab["version"] == "v3"
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["bandwidth"]["l2"] > 0 and cfg["bandwidth"]["spec"] > 0  # measured on the data
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
@@ -146,6 +148,7 @@ def test_sigkill_then_resume_continues_from_checkpoint(tone_dir, tmp_path):
     # resuming with nothing left to do restores exactly the checkpoint's weights
     same = tmp_path / "same"
     shutil.copytree(out, same)
+    shutil.rmtree(same / "model")  # the export below must come from the restored state
     _run(
         _train_cmd(
             tone_dir,
@@ -212,3 +215,27 @@ def test_two_processes_keep_identical_codebooks(tone_dir, tmp_path):
     # both ranks wrote their RNG state into the same checkpoint
     names = {p.name for p in (out / "checkpoints" / "checkpoint-4").iterdir()}
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= names
+
+
+@pytest.mark.slow
+def test_resumed_run_takes_the_same_steps_as_an_unbroken_one(tone_dir, tmp_path):
+    """Crops, shuffles, codebook restarts and optimiser state all resume exactly."""
+    unbroken, split = tmp_path / "unbroken", tmp_path / "split"
+    _run(_train_cmd(tone_dir, unbroken, "--max_train_steps", "4", "--checkpointing_steps", "2"))
+    _run(_train_cmd(tone_dir, split, "--max_train_steps", "2", "--checkpointing_steps", "2"))
+    _run(
+        _train_cmd(
+            tone_dir,
+            split,
+            "--max_train_steps",
+            "4",
+            "--checkpointing_steps",
+            "2",
+            "--resume_from_checkpoint",
+            "latest",
+        )
+    )
+    a = load_tensors(unbroken / "model" / "model.safetensors")
+    b = load_tensors(split / "model" / "model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
