@@ -61,18 +61,28 @@ class GatedLayer(nn.Module):
     """
 
     def __init__(
-        self, width: int, skip_width: int, cond_width: int, kernel_size: int, dilation: int
+        self,
+        width: int,
+        skip_width: int,
+        cond_width: int,
+        kernel_size: int,
+        dilation: int,
+        residual: bool = True,
     ) -> None:
         super().__init__()
         self.conv = CausalConv1d(width, 2 * width, kernel_size, dilation)
         self.cond = nn.Conv1d(cond_width, 2 * width, 1)
-        self.res = nn.Conv1d(width, width, 1)
+        # the last layer of a stack feeds only the skip path: a residual projection there would
+        # be a parameter without gradient (and DDP would need find_unused_parameters)
+        self.res = nn.Conv1d(width, width, 1) if residual else None
         self.skip = nn.Conv1d(width, skip_width, 1)
 
     def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """``x Tensor[B, W, T]``, ``c Tensor[B, C, T]`` -> ``(x' [B, W, T], skip [B, S, T])``."""
         a, b = (self.conv(x) + self.cond(c)).chunk(2, dim=1)
         z = torch.tanh(a) * torch.sigmoid(b)
+        if self.res is None:
+            return x, self.skip(z)
         return (x + self.res(z)) * math.sqrt(0.5), self.skip(z)
 
 
@@ -99,8 +109,10 @@ class CausalStack(nn.Module):
         self.cfg = cfg
         self.inp = nn.Conv1d(in_channels, cfg.width, 1) if in_channels else None
         self.width = cfg.width
+        n = len(cfg.dilations)
         self.layers = nn.ModuleList(
-            GatedLayer(cfg.width, skip, cond_width, cfg.kernel_size, d) for d in cfg.dilations
+            GatedLayer(cfg.width, skip, cond_width, cfg.kernel_size, d, residual=i < n - 1)
+            for i, d in enumerate(cfg.dilations)
         )
         self.out = nn.Sequential(
             nn.ReLU(), nn.Conv1d(skip, skip, 1), nn.ReLU(), nn.Conv1d(skip, out_channels, 1)

@@ -133,8 +133,11 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 # shared loop pieces
 
 
-def make_accelerator(cfg: TrainConfig) -> Any:
-    """An Accelerator for ``cfg`` (imported lazily: accelerate is slow to import)."""
+def make_accelerator(cfg: TrainConfig, kwargs_handlers: Sequence[Any] | None = None) -> Any:
+    """An Accelerator for ``cfg`` (imported lazily: accelerate is slow to import).
+
+    ``kwargs_handlers``: extra accelerate handlers, e.g. ``DistributedDataParallelKwargs``.
+    """
     from accelerate import Accelerator
 
     return Accelerator(
@@ -142,6 +145,7 @@ def make_accelerator(cfg: TrainConfig) -> Any:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_dir=cfg.output_dir,
+        kwargs_handlers=list(kwargs_handlers) if kwargs_handlers else None,
     )
 
 
@@ -151,14 +155,15 @@ def save_checkpoint(
     step: int,
     export: Callable[[Path], None],
     state: dict[str, Any],
+    export_name: str = "model",
 ) -> Path:
     """Write ``checkpoints/checkpoint-STEP`` atomically on every rank's behalf.
 
     accelerate writes the training state into a hidden temporary folder (each rank its own
     RNG file); the main process then adds the exported model and ``state.json`` and renames the
     folder into place, so a checkpoint either exists complete or not at all. The exported
-    ``OUTPUT_DIR/model`` folder is refreshed the same way. Old checkpoints beyond
-    ``checkpoints_total_limit`` are pruned.
+    ``OUTPUT_DIR/model`` folder (``export_name``: ``student`` for distillation) is refreshed
+    the same way. Old checkpoints beyond ``checkpoints_total_limit`` are pruned.
     """
     root = Path(cfg.output_dir) / "checkpoints"
     final = root / f"checkpoint-{step}"
@@ -170,12 +175,12 @@ def save_checkpoint(
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        export(tmp / "model")
+        export(tmp / export_name)
         atomic_write_json(tmp / STATE_FILE, {"step": step, **state})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        with atomic_dir(Path(cfg.output_dir) / "model") as out:
+        with atomic_dir(Path(cfg.output_dir) / export_name) as out:
             export(out)
         prune_checkpoints(root, cfg.checkpoints_total_limit)
     accelerator.wait_for_everyone()

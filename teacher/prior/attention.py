@@ -258,8 +258,8 @@ class FactoredAttention(nn.Module):
             AttnKind.ROW: (*bh, self.block_ctx),
             AttnKind.COLUMN: (*bh, self.block_ctx, self.blocks),
             AttnKind.PREV_ROW: (*bh, 2, self.block_ctx),
-            AttnKind.SUMMARY: (*bh, self.blocks * self.spread),
-            AttnKind.SUMMARY_SPREAD: (*bh, self.blocks * self.spread),
+            AttnKind.SUMMARY: (*bh, (self.blocks or 0) * self.spread),
+            AttnKind.SUMMARY_SPREAD: (*bh, (self.blocks or 0) * self.spread),
             AttnKind.CROSS: (*bh, self.encoder_dims or 0),
             AttnKind.PRIME: (*bh, self.prime_keys),
         }[self.kind] + (self.head_dim,)
