@@ -161,6 +161,208 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# sample
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="generate songs with a teacher (VQ-VAE + top/middle/bottom priors)",
+        description="Windowed hierarchical sampling of whole songs: ancestral by default, "
+        "continue with --prompt, upsample given top-level codes with --codes.",
+    )
+    p.add_argument(
+        "--mode",
+        default="exact",
+        choices=("exact",),
+        help="per-level sampler: exact = the teacher's own autoregressive sampling",
+    )
+    p.add_argument("--teacher", required=True, help="folder with vqvae/, top/, middle/, bottom/")
+    p.add_argument("--artist", default=None)
+    p.add_argument("--genre", default=None, help="a genre (several: comma-separated)")
+    lyr = p.add_mutually_exclusive_group()
+    lyr.add_argument("--lyrics", default=None, help="lyrics text")
+    lyr.add_argument("--lyrics_file", default=None, help="UTF-8 lyrics file")
+    p.add_argument("--seconds", type=float, default=20.0, help="song length (not with --codes)")
+    p.add_argument("--out", required=True, help="output folder (WAVs, codes, labels.json)")
+    p.add_argument("--prompt", default=None, help="audio to continue (continue mode)")
+    p.add_argument("--prompt_seconds", type=float, default=None, help="default: all of it")
+    p.add_argument(
+        "--codes",
+        default=None,
+        help="codes.safetensors of an earlier run: upsample its top level (upsample mode)",
+    )
+    p.add_argument("--n_samples", type=int, default=1)
+    p.add_argument(
+        "--temperature",
+        default=None,
+        help="one value, or top,middle,bottom values (default 0.98,0.99,0.99)",
+    )
+    p.add_argument("--top_k", type=int, default=0)
+    p.add_argument("--top_p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--levels", default=None, help="levels to sample, e.g. top or top,middle")
+    p.add_argument("--device", default=None, help="e.g. cuda (default cpu)")
+    p.add_argument("--no_progress", action="store_true")
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from teacher.config import ConfigError
+    from teacher.generate import SAMPLER_MODES, Jukebox, level_index, load_lyrics
+
+    if args.mode not in SAMPLER_MODES:
+        raise ConfigError(f"--mode {args.mode} is not available; have {sorted(SAMPLER_MODES)}")
+    if args.prompt is not None and args.codes is not None:
+        raise ConfigError("--prompt (continue) and --codes (upsample) exclude each other")
+    jb = Jukebox.from_pretrained(args.teacher, device=args.device)
+    temperature = None
+    if args.temperature is not None:
+        try:
+            temps = [float(v) for v in args.temperature.split(",")]
+        except ValueError as err:
+            raise ConfigError(f"--temperature: {err}") from None
+        temperature = temps[0] if len(temps) == 1 else temps
+    common = dict(
+        artist=args.artist,
+        genre=[g.strip() for g in args.genre.split(",")] if args.genre else None,
+        lyrics=load_lyrics(args.lyrics, args.lyrics_file),
+        temperature=temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    if args.levels is not None:
+        common["levels"] = [v.strip() for v in args.levels.split(",") if v.strip()]
+    if args.codes is not None:
+        from teacher.io import load_tensors
+
+        saved = load_tensors(args.codes)
+        top = f"level{jb.levels - 1}"
+        if top not in saved:
+            raise ConfigError(f"{args.codes} holds no {top} codes (has {sorted(saved)})")
+        if "levels" in common:
+            top_i = jb.levels - 1
+            if any(level_index(v, jb.levels) == top_i for v in common["levels"]):
+                raise ConfigError("upsample mode samples below the given top level")
+        result = jb.upsample(saved[top], **common)
+    elif args.prompt is not None:
+        result = jb.generate_from_audio(
+            args.prompt,
+            prompt_seconds=args.prompt_seconds,
+            duration_seconds=args.seconds,
+            n_samples=args.n_samples,
+            **common,
+        )
+    else:
+        result = jb.generate(duration_seconds=args.seconds, n_samples=args.n_samples, **common)
+    for path in result.save(args.out):
+        log.info("wrote %s", path)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# convert
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert published Jukebox weights (OpenAI .pth.tar or transformers) to a teacher",
+        description="Write a teacher folder (vqvae/, bottom/, middle/, top/) from OpenAI's "
+        "vqvae.pth.tar + prior_level_{0,1,2}.pth.tar (prior_level_0 is the bottom upsampler) "
+        "or a transformers JukeboxModel folder. Nothing is downloaded; checkpoints are read "
+        "with weights_only=True, memory-mapped, and written in streamed shards.",
+    )
+    p.add_argument("--from", dest="source", required=True, choices=("openai", "hf"))
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="openai: files or a folder; hf: a folder"
+    )
+    p.add_argument("--out", required=True, help="teacher folder to create")
+    p.add_argument(
+        "--model",
+        default=None,
+        choices=("1b_lyrics", "5b", "5b_lyrics"),
+        help="released model (openai: default inferred from the top prior's shapes; hf: use "
+        "its released hyperparameters instead of config.json's)",
+    )
+    p.add_argument(
+        "--vocab",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("ARTIST_IDS", "GENRE_IDS"),
+        help="Jukebox's name;id lists (v2_/v3_ file names pick the version); repeatable",
+    )
+    p.add_argument(
+        "--dtype",
+        default="keep",
+        choices=("keep", "float32", "float16", "bfloat16"),
+        help="cast floating weights (keep: as published; OpenAI's 5b priors are partly fp16)",
+    )
+    p.add_argument("--max_shard_size", default="2GiB", help="largest weights file, e.g. 2GiB")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from teacher.convert import ConvertError, convert_openai, convert_transformers, parse_size
+
+    dtype = None if args.dtype == "keep" else getattr(torch, args.dtype)
+    try:
+        common = dict(
+            out=args.out,
+            model=args.model,
+            vocab_files=[tuple(pair) for pair in args.vocab],
+            dtype=dtype,
+            max_shard_bytes=parse_size(args.max_shard_size),
+            overwrite=args.overwrite,
+        )
+        if args.source == "openai":
+            result = convert_openai(args.paths, **common)
+        else:
+            if len(args.paths) != 1:
+                raise ConvertError("--from hf takes one folder")
+            result = convert_transformers(args.paths[0], **common)
+    except ConvertError as err:  # names the file and the tensor; nothing was left half-written
+        log.error("%s", err)
+        return 2
+    for name, part in result.parts.items():
+        log.info(
+            "%s: %d tensors, %.2f GB, %d files",
+            name,
+            part.tensors,
+            part.bytes / 1e9,
+            len(part.files),
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# distill
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    from distill.train import add_distill_args
+
+    p = sub.add_parser(
+        "distill",
+        help="distil a teacher upsampler into a parallel student (single process; use "
+        "`accelerate launch -m distill.train` for several)",
+    )
+    add_distill_args(p)
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    from distill.train import run
+
+    out = run(args)
+    log.info("student written to %s", out)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_reconstruct(sub)
+    _add_sample(sub)
+    _add_convert(sub)
+    _add_distill(sub)
     return parser
 
 
@@ -183,7 +388,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()
     args = build_parser().parse_args(argv)
-    handlers = {"data": _run_data, "train": _run_train, "reconstruct": _run_reconstruct}
+    handlers = {
+        "data": _run_data,
+        "train": _run_train,
+        "reconstruct": _run_reconstruct,
+        "sample": _run_sample,
+        "convert": _run_convert,
+        "distill": _run_distill,
+    }
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, AudioError, FileNotFoundError) as err:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
+import struct
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,169 @@ def load_tensors(
 ) -> dict[str, torch.Tensor]:
     """Load a safetensors file (never unpickles)."""
     return load_file(str(path), device=str(device))
+
+
+# ---------------------------------------------------------------------------------------------
+# model weights in one or several safetensors files
+
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+
+
+def shard_file_name(index: int, count: int) -> str:
+    """Name of shard ``index`` (0-based) of ``count``: ``model-00001-of-00003.safetensors``."""
+    return f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+def plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
+    """Split tensor names (in the given order) into shards of at most ``max_shard_bytes``.
+
+    A tensor larger than the limit gets a shard of its own.
+    """
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    shards: list[list[str]] = []
+    used = 0
+    for name, size in sizes.items():
+        if not shards or (used + size > max_shard_bytes and shards[-1]):
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+#: torch dtype -> safetensors' dtype code
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+TensorSpec = tuple[tuple[int, ...], torch.dtype]
+
+
+def _nbytes(spec: TensorSpec) -> int:
+    shape, dtype = spec
+    return math.prod(shape) * dtype.itemsize
+
+
+def write_safetensors_streaming(
+    path: str | os.PathLike,
+    specs: Mapping[str, TensorSpec],
+    read: Callable[[str], torch.Tensor],
+) -> None:
+    """Write a safetensors file one tensor at a time: only the tensor being written is in
+    memory (``safetensors.torch.save_file`` needs them all at once).
+
+    ``specs`` gives each tensor's ``(shape, dtype)`` up front (the header comes first and
+    holds every offset); ``read(name)`` is then called once per tensor, in ``specs`` order,
+    and must return exactly that shape and dtype. The format (an 8-byte little-endian header
+    length, a JSON header padded with spaces to 8 bytes, then the raw little-endian data) is
+    what ``safetensors`` reads; the tests load these files with it.
+    """
+    if sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
+        raise RuntimeError("streaming safetensors writes need a little-endian machine")
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, spec in specs.items():
+        shape, dtype = spec
+        if dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {name!r}: dtype {dtype} has no safetensors code")
+        n = _nbytes(spec)
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name, (shape, dtype) in specs.items():
+            t = read(name)
+            if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                raise ValueError(
+                    f"tensor {name!r}: read {tuple(t.shape)} {t.dtype}, declared {shape} {dtype}"
+                )
+            f.write(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+            del t
+
+
+def save_tensors_sharded(
+    folder: str | os.PathLike,
+    specs: Mapping[str, TensorSpec],
+    read: Callable[[str], torch.Tensor],
+    max_shard_bytes: int,
+) -> list[str]:
+    """Write tensors into ``folder`` streaming, one tensor in memory at a time.
+
+    ``specs`` maps each name to its ``(shape, dtype)``, known before any tensor is read (e.g.
+    from a memory-mapped checkpoint); ``read(name)`` returns the tensor when it is written
+    (see :func:`write_safetensors_streaming`). Up to ``max_shard_bytes`` this is one
+    ``model.safetensors``; beyond, :func:`shard_file_name` files plus
+    ``model.safetensors.index.json`` (transformers' layout: ``{"metadata": {"total_size"},
+    "weight_map": {name: file}}``). Returns the file names written.
+    """
+    folder = Path(folder)
+    shards = plan_shards({n: _nbytes(s) for n, s in specs.items()}, max_shard_bytes)
+    if len(shards) <= 1:
+        names = shards[0] if shards else []
+        write_safetensors_streaming(folder / WEIGHTS_FILE, {n: specs[n] for n in names}, read)
+        return [WEIGHTS_FILE]
+    files, weight_map = [], {}
+    for i, names in enumerate(shards):
+        file = shard_file_name(i, len(shards))
+        write_safetensors_streaming(folder / file, {n: specs[n] for n in names}, read)
+        weight_map.update({n: file for n in names})
+        files.append(file)
+    total = int(sum(_nbytes(s) for s in specs.values()))
+    atomic_write_json(
+        folder / WEIGHTS_INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map}
+    )
+    return [*files, WEIGHTS_INDEX_FILE]
+
+
+def load_state_dict_from_folder(
+    folder: str | os.PathLike, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """All tensors of a model folder: ``model.safetensors``, or the shards listed in
+    ``model.safetensors.index.json`` (written by :func:`save_tensors_sharded`).
+
+    Raises ``FileNotFoundError`` when the folder has neither or a listed shard is missing, and
+    ``ValueError`` when the shards do not hold exactly the tensors the index lists.
+    """
+    folder = Path(folder)
+    index = folder / WEIGHTS_INDEX_FILE
+    if not index.is_file():
+        single = folder / WEIGHTS_FILE
+        if not single.is_file():
+            raise FileNotFoundError(
+                f"{folder} holds neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE}"
+            )
+        return load_tensors(single, device=device)
+    weight_map: dict[str, str] = read_json(index)["weight_map"]
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted(set(weight_map.values())):
+        path = folder / file
+        if not path.is_file():
+            raise FileNotFoundError(f"shard {path} listed in {index} is missing")
+        shard = load_tensors(path, device=device)
+        listed = {n for n, f in weight_map.items() if f == file}
+        if set(shard) != listed:
+            extra = sorted(set(shard) ^ listed)[:3]
+            raise ValueError(f"{path} does not hold the tensors {index} lists for it: {extra}")
+        out.update(shard)
+    return out
 
 
 def _fsync_dir(path: Path) -> None:

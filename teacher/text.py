@@ -5,8 +5,9 @@ transliterated to ASCII with ``unidecode``, backslashes become newlines, and eve
 outside the vocabulary is dropped. Token 0 is ``<unk>``; vocabulary character ``i`` is token
 ``i + 1``. There are two vocabularies:
 
-* ``v3`` (5b_lyrics and 1b_lyrics in the released code): 78 characters, ``n_vocab = 79``;
-* ``v2`` (earlier models): the same plus ``+``, 79 characters, ``n_vocab = 80``.
+* ``v3`` (the released 1b_lyrics): 78 characters, ``n_vocab = 79``;
+* ``v2`` (the released 5b, 5b_lyrics and upsamplers): the same plus ``+``, 79 characters,
+  ``n_vocab = 80``.
 
 These counts were checked against the reference code, whose hparams say ``n_vocab=79`` for
 ``labels_v3`` and ``n_vocab=80`` for v2. Artist and genre names are normalised as in

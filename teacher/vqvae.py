@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from teacher import losses
 from teacher.config import VQVAEConfig, load_config, save_config
-from teacher.io import atomic_dir, load_tensors, save_tensors
+from teacher.io import atomic_dir, load_state_dict_from_folder, save_tensors
 from teacher.modules import Decoder, Encoder
 from teacher.quantizer import EMA_BUFFERS, Bottleneck
 
@@ -307,5 +307,5 @@ class VQVAE(nn.Module):
         """Rebuild a model saved by :meth:`save_pretrained` (strict load), in eval mode."""
         path = Path(path)
         model = cls(load_config(VQVAEConfig, str(path / CONFIG_FILE)))
-        model.load_state_dict(load_tensors(path / WEIGHTS_FILE), strict=True)
+        model.load_state_dict(load_state_dict_from_folder(path), strict=True)  # 1 or N shards
         return model.to(device).eval()

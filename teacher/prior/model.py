@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from teacher.io import atomic_dir, load_tensors, save_tensors
+from teacher.io import atomic_dir, load_state_dict_from_folder, save_tensors
 from teacher.prior.attention import Conv1D, LayerNorm
 from teacher.prior.conditioners import LabelConditioner, UpsamplerConditioner
 from teacher.prior.config import PriorConfig, load_prior_config, save_prior_config
@@ -156,8 +156,13 @@ class ConditionalAutoregressive(nn.Module):
         self.only_encode = only_encode
         if not only_encode:
             self.x_out = nn.Linear(width, vocab, bias=False)
-            if not merged_decoder:
-                self.x_out.weight = self.x_emb.weight  # tied (Jukebox share_x_emb_x_out)
+            self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share ``x_out``'s weight with ``x_emb`` (Jukebox ``share_x_emb_x_out``) unless the
+        decoder is merged; called again after loading with ``assign=True`` replaced them."""
+        if not self.only_encode and self.add_cond_after_transformer:
+            self.x_out.weight = self.x_emb.weight
 
     def start_embedding(self, start: Tensor | None, batch_size: int) -> Tensor:
         """The input at position 0: ``start`` ``[B, 1, D]`` or the learned token -> [B, 1, D]."""
@@ -404,9 +409,18 @@ class Prior(nn.Module):
         """Rebuild a prior saved by :meth:`save_pretrained` (strict key check)."""
         path = Path(path)
         cfg = load_prior_config(str(path / CONFIG_FILE))
-        model = cls(cfg)
-        state = load_tensors(path / WEIGHTS_FILE, device=device)
-        model.load_state_dict(state, strict=True)
+        # build on the meta device and adopt the loaded tensors: a 5B prior is neither
+        # randomly initialised first (minutes) nor held twice in memory
+        with torch.device("meta"):
+            model = cls(cfg)
+        state = load_state_dict_from_folder(path, device=device)  # one file or shards
+        model.load_state_dict(state, strict=True, assign=True)
+        for module in model.modules():
+            if isinstance(module, ConditionalAutoregressive):
+                module.tie_weights()
+        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left:
+            raise RuntimeError(f"{path}: tensors not restored from the checkpoint: {left[:5]}")
         return model.to(device)
 
 

@@ -451,3 +451,25 @@ def test_lyric_encoder_and_single_style_train():
             assert grads["prime_prior.x_emb.weight"].abs().sum() > 0
             assert grads["prime_x_out.weight"].abs().sum() > 0
         assert grads["y_emb.total_length_emb.emb.weight"].abs().sum() > 0
+
+
+def test_from_pretrained_builds_on_meta_and_keeps_the_tied_head(tmp_path):
+    import torch
+
+    from teacher.prior.config import tiny_top_prior
+    from teacher.prior.model import Prior
+
+    torch.manual_seed(0)
+    prior = Prior(tiny_top_prior(lyrics="single")).eval()
+    prior.save_pretrained(tmp_path / "p")
+    back = Prior.from_pretrained(tmp_path / "p")
+    ar = back.prior
+    assert ar.x_out.weight is ar.x_emb.weight  # still one parameter, as in training
+    assert not any(t.is_meta for t in back.state_dict().values())
+    codes = torch.randint(0, prior.cfg.l_bins, (2, prior.cfg.n_ctx))
+    cfg = prior.cfg
+    labels = torch.zeros(2, cfg.label_size, dtype=torch.long)
+    labels[:, 0] = int(cfg.labels.max_duration * cfg.sample_rate) - 1
+    labels[:, 2] = cfg.sample_length
+    labels[:, 4:5] = 1
+    assert torch.equal(prior.logits(codes, labels), back.logits(codes, labels))
