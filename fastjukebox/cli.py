@@ -174,8 +174,26 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode",
         default="exact",
-        choices=("exact",),
-        help="per-level sampler: exact = the teacher's own autoregressive sampling",
+        choices=("exact", "accelerated", "hybrid", "speculative"),
+        help="exact: every level autoregressive; accelerated: students for middle and bottom; "
+        "hybrid: per level with --level_modes; speculative: students draft, the teacher "
+        "verifies (exactly the teacher's distribution, fewer teacher passes)",
+    )
+    p.add_argument(
+        "--students",
+        default=None,
+        help="students folder with middle/ and bottom/ (default TEACHER/students), or "
+        "middle=DIR,bottom=DIR; each a student folder or a distill output folder",
+    )
+    p.add_argument(
+        "--level_modes",
+        default=None,
+        help="per level: exact, student or speculative, e.g. middle=exact,bottom=student "
+        "(required by --mode hybrid; overrides the mode's default for the levels it names)",
+    )
+    p.add_argument("--gamma", type=int, default=None, help="speculative draft length (4)")
+    p.add_argument(
+        "--student_temperature", type=float, default=1.0, help="students' sampling temperature"
     )
     p.add_argument("--teacher", required=True, help="folder with vqvae/, top/, middle/, bottom/")
     p.add_argument("--artist", default=None)
@@ -207,14 +225,15 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
+    from distill.pipeline import FastJukebox, parse_students
+    from distill.speculative import DEFAULT_GAMMA
     from teacher.config import ConfigError
-    from teacher.generate import SAMPLER_MODES, Jukebox, level_index, load_lyrics
+    from teacher.generate import level_index, load_lyrics
 
-    if args.mode not in SAMPLER_MODES:
-        raise ConfigError(f"--mode {args.mode} is not available; have {sorted(SAMPLER_MODES)}")
     if args.prompt is not None and args.codes is not None:
         raise ConfigError("--prompt (continue) and --codes (upsample) exclude each other")
-    jb = Jukebox.from_pretrained(args.teacher, device=args.device)
+    students = parse_students(args.students) if args.students else None
+    jb = FastJukebox.from_pretrained(args.teacher, students=students, device=args.device)
     temperature = None
     if args.temperature is not None:
         try:
@@ -231,6 +250,10 @@ def _run_sample(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         progress=not args.no_progress,
+        mode=args.mode,
+        level_modes=args.level_modes,
+        gamma=args.gamma if args.gamma is not None else DEFAULT_GAMMA,
+        student_temperature=args.student_temperature,
     )
     if args.levels is not None:
         common["levels"] = [v.strip() for v in args.levels.split(",") if v.strip()]
@@ -363,6 +386,27 @@ def _run_distill(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# eval
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from eval.evaluate import add_eval_args
+
+    add_eval_args(
+        sub.add_parser(
+            "eval",
+            help="evaluate teacher + students: report.html, report.md, metrics.json",
+        )
+    )
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from eval.evaluate import run_eval
+
+    return run_eval(args)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_convert(sub)
     _add_distill(sub)
+    _add_eval(sub)
     return parser
 
 
@@ -395,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample": _run_sample,
         "convert": _run_convert,
         "distill": _run_distill,
+        "eval": _run_eval,
     }
     try:
         return handlers[args.command](args)

@@ -127,3 +127,42 @@ def test_tiny_teacher_trained_on_synth_samples_a_song_through_the_cli(tmp_path):
     assert all(w["label"][0] == n for w in windows)
     assert all(w["artist"] == meta["artist"].lower() for w in windows)
     assert any(w["lyrics"].strip() for w in windows)  # the lyric window travels with the song
+    # distil tiny students for both upsamplers, then every fast mode through the CLI
+    for level in ("middle", "bottom"):
+        assert (
+            main(
+                [
+                    "distill",
+                    "--teacher",
+                    str(teacher),
+                    "--level",
+                    level,
+                    "--student",
+                    "categorical",
+                    "--preset",
+                    "tiny",
+                    "--data_dir",
+                    str(data),
+                    "--output_dir",
+                    str(teacher / "students" / level),
+                    *common,
+                ]
+            )
+            == 0
+        )
+    for mode, extra in (
+        ("accelerated", []),
+        ("hybrid", ["--level_modes", "middle=exact,bottom=student"]),
+        ("speculative", ["--gamma", "3"]),
+    ):
+        out = tmp_path / mode
+        args = ["sample", "--mode", mode, "--teacher", str(teacher), "--artist", meta["artist"]]
+        args += ["--genre", meta["genre"], "--lyrics", "la la", "--seconds", "1"]
+        args += ["--out", str(out), "--seed", "1", "--no_progress", *extra]
+        assert main(args) == 0, mode
+        n = round(SR / 128) * 128
+        for name in ("level0_bottom", "level1_middle", "level2_top"):
+            audio, _ = sf.read(out / f"{name}.wav")
+            assert len(audio) == n, (mode, name)
+        stats = json.loads((out / "labels.json").read_text())["stats"]
+        assert stats, mode

@@ -232,6 +232,12 @@ class FactoredAttention(nn.Module):
         self.resid_dropout = nn.Dropout(resid_dropout) if resid_dropout > 0 else nn.Identity()
         # q.k * Dh^-1/2 == (q * Dh^-1/4).(k * Dh^-1/4), the reference's per-operand scaling
         self.scale = self.head_dim**-0.5
+        # opt-in capture for eval reports (lyric-to-music alignment): when set, scores take the
+        # manual path (SDPA never exposes its probabilities) and the last softmax is kept in
+        # ``last_probs``, fp32, in the (possibly block-folded) layout ``_attend`` saw:
+        # (B, H, T, P) for a full PRIME pass, (B, H, T, T_enc) for CROSS
+        self.capture = False
+        self.last_probs: Tensor | None = None
 
     # ------------------------------------------------------------------ public
     def forward(
@@ -281,14 +287,17 @@ class FactoredAttention(nn.Module):
         ``causal`` is top-left aligned (key j <= query i), as in SDPA.
         """
         dropout = self.attn_dropout if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):
+        if self.capture or (q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16)):
             # softmax in fp32 (reference ``_attn``); SDPA's CPU kernels may not for half
             w = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.scale
             if causal:
                 mask = _causal_mask(w.shape[-2], w.shape[-1], 0, w.device)
             if mask is not None:
                 w = w.masked_fill(~mask, float("-inf"))
-            w = F.dropout(w.softmax(dim=-1), dropout, self.training)
+            w = w.softmax(dim=-1)
+            if self.capture:
+                self.last_probs = w.detach()
+            w = F.dropout(w, dropout, self.training)
             return torch.matmul(w.to(v.dtype), v)
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.scale

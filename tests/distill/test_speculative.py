@@ -1,0 +1,473 @@
+"""Speculative sampling: the output distribution is the teacher's (chi-square against exact mode
+and against the teacher's exact joint, on a 4-code teacher and 3-code windows), and a broken
+accept rule is caught; a proposal equal to the teacher accepts everything; the KV cache is primed
+once per window and rewound across block boundaries with the teacher's logits unchanged; the
+measured tokens per pass follow (1 − α^{γ+1})/(1 − α); the students' local spans equal whole
+windows."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chi2_contingency, chisquare
+
+from distill.speculative import (
+    CategoricalProposal,
+    SpeculativeSampler,
+    expected_tokens_per_pass,
+    receptive_field,
+    student_sample,
+)
+from student.base import Student
+from student.config import StageConfig, student_config_for
+from teacher.config import ConfigError
+from teacher.generate import ExactSampler
+from teacher.prior.config import PriorConfig, UpsamplerConditionerConfig, tiny_top_prior
+from teacher.prior.model import Prior
+from teacher.prior.transformer import TransformerConfig
+
+V, L = 4, 3  # codes, window length of the distribution tests: 64 joint outcomes
+UPPER = torch.tensor([[2]])  # one upper code covers 4 positions >= L
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _randomise(model: torch.nn.Module, seed: int, scale: float) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            base = 1.0 if "ln" in name and name.endswith("weight") else 0.0
+            p.copy_(base + scale * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def upsampler_cfg(n_ctx=8, l_bins=V, attn_order=2, blocks=4, width=16) -> PriorConfig:
+    return PriorConfig(
+        level=1,
+        n_ctx=n_ctx,
+        transformer=TransformerConfig(
+            width=width,
+            depth=3,
+            heads=1,
+            n_ctx=n_ctx,
+            attn_order=attn_order,
+            blocks=blocks if attn_order else None,
+        ),
+        l_bins=l_bins,
+        sample_rate=8000,
+        conditioner=UpsamplerConditionerConfig(width=8, depth=1, dilation_cycle=1),
+        merged_decoder=True,  # untied head: strong token inputs, moderate logits
+    ).validate()
+
+
+def make_prior(cfg: PriorConfig, seed: int = 2) -> Prior:
+    """Random weights chosen so the 3-code joint is broad (max cell ~0.1, ~26 cells > 1%) and
+    strongly context dependent (the next code's distribution moves with the previous one)."""
+    prior = _randomise(Prior(cfg), seed, 0.1)
+    with torch.no_grad():
+        prior.prior.x_emb.weight.mul_(10.0)
+        prior.prior.x_out.weight.mul_(3.5)
+    return prior
+
+
+def make_student(prior: Prior, family: str = "categorical", seed: int = 1) -> Student:
+    kw = dict(code_dim=4, code_space="learned") if family == "gaussian" else {}
+    cfg = student_config_for(
+        prior.cfg, family=family, n_stages=2, stage=StageConfig(width=8, depth=2), **kw
+    )
+    return _randomise(Student.from_teacher(prior, cfg), seed, 0.3)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return make_prior(upsampler_cfg())
+
+
+@pytest.fixture(scope="module")
+def students(prior):
+    return {fam: make_student(prior, fam) for fam in ("categorical", "gaussian")}
+
+
+def _empty(b: int) -> torch.Tensor:
+    return torch.zeros(b, 0, dtype=torch.long)
+
+
+def _index(codes: torch.Tensor) -> np.ndarray:
+    """Each row of ``[N, L]`` codes -> its joint outcome ``0 … V^L − 1``."""
+    return (codes * (V ** torch.arange(L - 1, -1, -1))).sum(1).numpy()
+
+
+def _two_sample_p(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Chi-square two-sample test over the joint outcomes (cells with < 10 draws pooled)."""
+    ca, cb = (np.bincount(_index(x), minlength=V**L) for x in (a, b))
+    keep = (ca + cb) >= 10
+    table = np.stack([np.r_[ca[keep], ca[~keep].sum()], np.r_[cb[keep], cb[~keep].sum()]])
+    table = table[:, table.sum(0) > 0]
+    return float(chi2_contingency(table).pvalue)
+
+
+def _joint(prior: Prior) -> np.ndarray:
+    """The teacher's exact joint over the V^L windows, by teacher forcing all of them."""
+    seqs = torch.tensor(list(itertools.product(range(V), repeat=L)))
+    with torch.no_grad():
+        logp = prior.logits(seqs, upper=UPPER.expand(len(seqs), -1)).log_softmax(-1)
+    return logp.gather(-1, seqs[..., None])[..., 0].sum(-1).exp().double().numpy()
+
+
+def _goodness_p(codes: torch.Tensor, joint: np.ndarray) -> float:
+    """One-sample chi-square against the exact joint (cells expecting < 5 pooled)."""
+    obs = np.bincount(_index(codes), minlength=V**L)
+    exp = joint / joint.sum() * len(codes)
+    keep = exp >= 5
+    return float(
+        chisquare(np.r_[obs[keep], obs[~keep].sum()], np.r_[exp[keep], exp[~keep].sum()]).pvalue
+    )
+
+
+def _speculative(sampler, n: int, batch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    rows = [
+        sampler.sample_window(L, _empty(batch), None, UPPER.expand(batch, -1), g)
+        for _ in range(n // batch)
+    ]
+    return torch.cat(rows)
+
+
+@pytest.fixture(scope="module")
+def exact_codes(prior):
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    return ExactSampler(prior).sample_window(L, _empty(n), None, UPPER.expand(n, -1), g)
+
+
+# ---------------------------------------------------------------------------------------------
+# the distribution
+
+
+def test_teacher_distribution_is_broad_and_exact_mode_matches_it(prior, exact_codes):
+    joint = _joint(prior)
+    assert abs(joint.sum() - 1) < 1e-5 and joint.max() < 0.15 and (joint > 0.01).sum() >= 20
+    assert _goodness_p(exact_codes, joint) > 0.01  # the reference sampler itself
+
+
+@pytest.mark.parametrize(
+    "family, restage", [("categorical", False), ("categorical", True), ("gaussian", False)]
+)
+def test_speculative_samples_the_teacher_distribution(
+    prior, students, exact_codes, family, restage
+):
+    """4000 windows in lockstep batches of 500 (each round ends at the first rejection of any
+    row: the accept / redraw rule at every position, rows accepting and rejecting together)."""
+    sp = SpeculativeSampler(prior, students[family], gamma=2, restage=restage)
+    codes = _speculative(sp, 4000, 500, seed=1)
+    p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
+    assert p_two > 0.01 and p_fit > 0.01, (p_two, p_fit)
+    st = sp.stats
+    assert 0.3 < st.acceptance_rate < 0.95  # the student is a real, imperfect proposal
+    assert st.evaluated > st.accepted > 0 and st.tokens == 4000 * L
+
+
+def test_speculative_one_row_at_a_time_uses_multi_token_rounds(prior, students, exact_codes):
+    """Batch 1: rounds accept several drafts and end with a redraw or a bonus token."""
+    sp = SpeculativeSampler(prior, students["categorical"], gamma=2)
+    codes = _speculative(sp, 1500, 1, seed=2)
+    p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
+    assert p_two > 0.01 and p_fit > 0.01, (p_two, p_fit)
+    assert sp.stats.tokens_per_pass > 1.3  # > 1 token per teacher pass on average
+
+
+class AlwaysAccept(SpeculativeSampler):
+    def accept_probability(self, p_draft, q_draft):
+        return torch.ones_like(p_draft)
+
+
+class InvertedRatio(SpeculativeSampler):
+    def accept_probability(self, p_draft, q_draft):
+        return (q_draft / p_draft).clamp(max=1.0)
+
+
+@pytest.mark.parametrize("broken", [AlwaysAccept, InvertedRatio])
+def test_a_broken_accept_rule_is_detected(prior, students, exact_codes, broken):
+    sp = broken(prior, students["categorical"], gamma=2)
+    codes = _speculative(sp, 4000, 500, seed=1)
+    p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
+    assert p_two < 1e-3 and p_fit < 1e-3, (p_two, p_fit)
+
+
+# ---------------------------------------------------------------------------------------------
+# the teacher's side: passes, cache, rewinds
+
+
+class TeacherProposal:
+    """Drafts from the teacher itself (full teacher-forced passes): q = p, so every draft is
+    accepted (up to float rounding between the cached chunk and the full pass)."""
+
+    def __init__(self, prior: Prior, temperature: float = 1.0):
+        self.prior, self.temperature, self.passes = prior, temperature, 0
+
+    def begin(self, codes, n_known, labels, upper, generator):
+        self.cond = self.prior.condition(labels, upper).expand(codes.shape[0])
+
+    def draft(self, codes, m, gamma, generator):
+        seq = codes[:, :m]
+        toks, probs = [], []
+        for _ in range(gamma):
+            step = torch.cat([seq, seq.new_zeros(seq.shape[0], 1)], 1)
+            q = (self.prior.logits(step, cond=self.cond)[:, -1] / self.temperature).softmax(-1)
+            d = torch.multinomial(q, 1, generator=generator)
+            toks.append(d)
+            probs.append(q)
+            seq = torch.cat([seq, d], 1)
+        self.passes += gamma
+        return torch.cat(toks, 1), torch.stack(probs, 1)
+
+
+class UniformProposal:
+    """q uniform: accepts by chance only (many rejections, rewinds everywhere)."""
+
+    passes = 0
+
+    def begin(self, codes, n_known, labels, upper, generator):
+        pass
+
+    def draft(self, codes, m, gamma, generator):
+        b, v = codes.shape[0], self.v
+        q = torch.full((b, gamma, v), 1.0 / v)
+        return torch.randint(v, (b, gamma), generator=generator), q
+
+    def __init__(self, v: int):
+        self.v = v
+
+
+def _count_forwards(prior: Prior):
+    """Record (cache position before, chunk length) of every cached teacher forward."""
+    calls = []
+
+    def hook(mod, args, kwargs):
+        cache = kwargs.get("cache")
+        if cache is not None:
+            calls.append((cache.position, args[0].shape[1]))
+
+    return calls, prior.prior.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.fixture(scope="module")
+def long_prior():
+    """32-code windows, 8 codes, blocks of 8: row, column and previous-row layers."""
+    return make_prior(upsampler_cfg(n_ctx=32, l_bins=8, attn_order=2, blocks=4), seed=3)
+
+
+def test_a_proposal_equal_to_the_teacher_is_always_accepted(long_prior):
+    b, length, gamma = 2, 32, 3
+    sp = SpeculativeSampler(long_prior, proposal=TeacherProposal(long_prior), gamma=gamma)
+    calls, handle = _count_forwards(long_prior)
+    try:
+        g = torch.Generator().manual_seed(0)
+        upper = torch.randint(8, (b, 8), generator=g)
+        out = sp.sample_window(length, _empty(b), None, upper, g)
+    finally:
+        handle.remove()
+    st = sp.stats
+    assert out.shape == (b, length)
+    assert st.acceptance_rate >= 0.999 and st.reprimes == 0 and st.prime_passes == 0
+    # every teacher forward is a verification pass (no prefix to prime)
+    assert len(calls) == st.teacher_passes
+    assert st.tokens_per_pass == length / st.teacher_passes
+    # all accepted: a round gives its drafts + the bonus (γ + 1), less where clipped at blocks
+    assert st.tokens_per_pass > 2.5
+
+
+@pytest.mark.parametrize(
+    "attn_order, gamma, n_prefix, top_k",
+    [(2, 3, 0, 0), (2, 6, 5, 0), (2, 7, 13, 3), (0, 5, 4, 0)],
+)
+def test_rewinds_across_blocks_keep_the_teachers_logits(
+    long_prior, attn_order, gamma, n_prefix, top_k
+):
+    """The logits each produced code was verified with equal the teacher-forced logits of the
+    final window: rewinds after rejections, block boundaries and the bonus positions are all
+    consistent. The cache is primed once (prefix) and never re-primed."""
+    prior = long_prior
+    if attn_order == 0:
+        prior = make_prior(upsampler_cfg(n_ctx=32, l_bins=8, attn_order=0), seed=4)
+    seen = {}
+    sp = SpeculativeSampler(
+        prior,
+        proposal=UniformProposal(8),
+        gamma=gamma,
+        top_k=top_k,
+        temperature=0.9,
+        chunk_size=3,
+        on_logits=lambda t, z: seen.__setitem__(t, z.clone()),
+    )
+    b = 3
+    g = torch.Generator().manual_seed(attn_order * 100 + gamma)
+    upper = torch.randint(8, (b, 8), generator=g)
+    prefix = torch.randint(8, (b, n_prefix), generator=g)
+    calls, handle = _count_forwards(prior)
+    try:
+        out = sp.sample_window(32, prefix, None, upper, g)
+    finally:
+        handle.remove()
+    assert torch.equal(out[:, :n_prefix], prefix)
+    with torch.no_grad():
+        want = prior.logits(out, upper=upper)
+    assert sorted(seen) == list(range(n_prefix, 32))
+    for t, z in seen.items():
+        torch.testing.assert_close(z, want[:, t], atol=1e-4, rtol=1e-4)
+    st = sp.stats
+    assert st.reprimes == 0 and st.evaluated > st.accepted  # rejections (and rewinds) happened
+    assert st.prime_passes == -(-n_prefix // 3)  # chunks of 3, once
+    assert len(calls) == st.prime_passes + st.teacher_passes
+    bc = 8
+    for pos, n in calls[st.prime_passes :]:
+        assert n <= gamma + 1
+        if attn_order == 2 and n > 1:  # every rewind target inside one block
+            assert (pos + 1) // bc == (pos + n - 1) // bc, (pos, n)
+    if top_k:
+        # codes outside the teacher's top-k are never produced
+        ranks = want.argsort(-1, descending=True).argsort(-1).gather(-1, out[..., None])[..., 0]
+        assert int(ranks[:, n_prefix:].max()) < top_k
+
+
+@pytest.mark.parametrize("lyrics", ["single", "encoder"])
+def test_lyric_top_priors_verify_with_the_exact_logits(lyrics):
+    """The verifier handles the single-sequence layout (lyrics first, shifted vocabulary, prime
+    layers) and cross-attention to encoded lyrics."""
+    cfg = tiny_top_prior(lyrics)
+    prior = _randomise(Prior(cfg), seed=5, scale=0.15)
+    g = torch.Generator().manual_seed(0)
+    lyr = torch.randint(1, cfg.lyrics.n_vocab, (1, cfg.n_tokens), generator=g)
+    labels = torch.cat([torch.tensor([[8000 * 3, 0, cfg.sample_length, 1, 2, -1]]), lyr], 1)
+    seen = {}
+    sp = SpeculativeSampler(
+        prior, proposal=UniformProposal(cfg.l_bins), gamma=4, on_logits=seen.__setitem__
+    )
+    prefix = torch.randint(cfg.l_bins, (1, 3), generator=g)
+    out = sp.sample_window(20, prefix, labels, None, g)
+    with torch.no_grad():
+        want = prior.logits(out, labels=labels)
+    for t, z in seen.items():
+        torch.testing.assert_close(z, want[:, t], atol=1e-4, rtol=1e-4)
+    assert sorted(seen) == list(range(3, 20)) and sp.stats.reprimes == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# acceptance statistics
+
+
+class FixedProposal:
+    """The same q at every position: against a uniform teacher each draft is accepted with
+    probability α = Σ min(1/V, q), independently."""
+
+    passes = 0
+
+    def __init__(self, q: torch.Tensor):
+        self.q = q
+
+    def begin(self, codes, n_known, labels, upper, generator):
+        pass
+
+    def draft(self, codes, m, gamma, generator):
+        q = self.q.expand(codes.shape[0], gamma, -1)
+        return torch.multinomial(q.reshape(-1, q.shape[-1]), 1, generator=generator).view(
+            q.shape[:2]
+        ), q
+
+
+def test_tokens_per_pass_follow_the_acceptance_formula():
+    cfg = upsampler_cfg(n_ctx=128, attn_order=0)
+    prior = make_prior(cfg)
+    with torch.no_grad():
+        prior.prior.x_out.weight.zero_()  # logits 0: the teacher is uniform
+    q = torch.tensor([0.55, 0.15, 0.15, 0.15])
+    alpha = float(torch.minimum(q, torch.full_like(q, 0.25)).sum())  # 0.7
+    gamma = 3
+    sp = SpeculativeSampler(prior, proposal=FixedProposal(q), gamma=gamma)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        sp.sample_window(128, _empty(1), None, torch.zeros(1, 32, dtype=torch.long), g)
+    st = sp.stats
+    assert abs(st.acceptance_rate - alpha) < 0.03, st.to_dict()
+    want = expected_tokens_per_pass(alpha, gamma)  # 2.53
+    # the last round of a window is cut at its end: slightly fewer tokens than the formula
+    assert want * 0.93 < st.tokens_per_pass < want * 1.03, (st.tokens_per_pass, want)
+    assert expected_tokens_per_pass(1.0, gamma) == gamma + 1
+    assert expected_tokens_per_pass(0.0, gamma) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the students' spans and the proposals
+
+
+@pytest.mark.parametrize("family", ["categorical", "gaussian"])
+def test_a_local_span_with_the_prefix_forced_equals_the_whole_window(long_prior, family):
+    """What makes drafting cheap: stage outputs at t >= m read only the RF codes before t, the
+    prefix being forced at every stage."""
+    student = make_student(long_prior, family, seed=7)
+    rf = receptive_field(student)
+    g = torch.Generator().manual_seed(0)
+    b, length, m = 2, 32, 20
+    upper = torch.randint(8, (b, 8), generator=g)
+    codes = torch.randint(8, (b, length), generator=g)
+    with torch.no_grad():
+        cond = student.condition(upper)
+        noise = student.make_noise(b, length, generator=g)
+        whole = student_sample(student, cond, codes[:, :m], noise=noise)
+        assert torch.equal(whole.codes[:, :m], codes[:, :m])
+        s0 = m - rf
+        local = student_sample(student, cond[:, s0:], codes[:, s0:m], noise=noise[:, s0:])
+        short = student_sample(
+            student, cond[:, s0 + 1 :], codes[:, s0 + 1 : m], noise=noise[:, s0 + 1 :]
+        )
+    torch.testing.assert_close(local.logits[:, m - s0 :], whole.logits[:, m:])
+    assert torch.equal(local.codes[:, m - s0 :], whole.codes[:, m:])
+    assert not torch.allclose(short.logits[:, m - s0 - 1 :], whole.logits[:, m:])  # RF is tight
+    assert whole.passes == student.n_passes
+
+
+def test_categorical_drafts_are_draws_from_their_q(long_prior):
+    """The proposal's q is the final stage on accepted prefix + latest guess, and the drafts are
+    Gumbel-max draws from it: over many draws their frequencies follow q."""
+    student = make_student(long_prior, "categorical", seed=8)
+    prop = CategoricalProposal(student, temperature=0.8)
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    codes = torch.randint(8, (1, 32), generator=g).expand(n, -1).clone()
+    upper = torch.randint(8, (1, 8), generator=g).expand(n, -1)
+    with torch.no_grad():
+        prop.begin(codes, 10, None, upper, g)
+        prop.guess[:] = prop.guess[:1]  # one guess for all rows: the same q in every row
+        d, q = prop.draft(codes, 10, 1, g)
+    assert torch.allclose(q[0], q[-1]) and d.shape == (n, 1) and prop.passes == 2 + 1
+    freq = np.bincount(d[:, 0].numpy(), minlength=8)
+    keep = q[0, 0].numpy() * n >= 5
+    obs, exp = freq[keep], q[0, 0].numpy()[keep] * n
+    assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 0.01
+
+
+def test_bad_settings_are_clear_errors(prior, students, long_prior):
+    with pytest.raises(ConfigError, match="gamma"):
+        SpeculativeSampler(prior, students["categorical"], gamma=0)
+    with pytest.raises(ConfigError, match="needs a student"):
+        SpeculativeSampler(prior)
+    with pytest.raises(ConfigError, match="bins"):
+        SpeculativeSampler(long_prior, students["categorical"])  # 4-code student, 8-code prior
+    other = make_prior(dataclasses.replace(upsampler_cfg(), level=0).validate())
+    with pytest.raises(ConfigError, match="level"):
+        SpeculativeSampler(other, students["categorical"])
+    sp = SpeculativeSampler(prior, students["categorical"])
+    with pytest.raises(ValueError, match="length"):
+        sp.sample_window(9, _empty(1), None, torch.tensor([[0, 1, 2]]))
+    with pytest.raises(ValueError, match="prefix"):
+        sp.sample_window(3, torch.zeros(1, 3, dtype=torch.long), None, UPPER)
