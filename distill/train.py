@@ -66,7 +66,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import default_collate
 
 from student.config import (
     FAMILIES,
@@ -78,16 +78,16 @@ from student.config import (
     student_config_for,
 )
 from teacher.config import ConfigError, VQVAEConfig, config_to_dict, load_config
-from teacher.io import STATE_FILE, atomic_dir, atomic_write_json, read_json, resolve_resume
+from teacher.io import atomic_dir, atomic_write_json, read_json, resolve_resume
 from teacher.train import (
-    LoopPosition,
     MetricsLog,
     TrainConfig,
     add_train_args,
     level_index,
-    lr_lambda,
     make_accelerator,
     make_progress,
+    prepare_training,
+    restore_checkpoint,
     resumable_batches,
     save_checkpoint,
     train_config_from_args,
@@ -790,33 +790,14 @@ def distill(
     else:
         model = CategoricalIAF.from_teacher(teacher.prior, student_cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=run_cfg.learning_rate,
-        betas=(run_cfg.adam_beta1, run_cfg.adam_beta2),
-        weight_decay=run_cfg.adam_weight_decay,
+    model, optimizer, loader, scheduler, generator = prepare_training(
+        accelerator, model, dataset, run_cfg
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(run_cfg))
-    generator = torch.Generator().manual_seed(run_cfg.seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=run_cfg.train_batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= run_cfg.train_batch_size,
-        num_workers=run_cfg.dataloader_num_workers,
-        generator=generator,
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     ema = EMA(unwrapped, dcfg.ema_decay)
-
-    pos = LoopPosition()
+    pos = restore_checkpoint(accelerator, resume)
     if resume is not None:
-        accelerator.load_state(str(resume))
-        pos = LoopPosition.from_state(read_json(resume / STATE_FILE))
         ema.load_folder(resume / EXPORT_NAME, num_updates=pos.step)
-        if main:
-            log.info("resumed from %s at step %d", resume, pos.step)
     if run_cfg.report_to != "none":
         accelerator.init_trackers(
             "distill", config={"lr": run_cfg.learning_rate, "level": level, **dcfg.loss_weights()}

@@ -273,6 +273,45 @@ def resumable_batches(
         pos.epoch, pos.epoch_batches = pos.epoch + 1, 0
 
 
+def prepare_training(
+    accelerator: Any, model: torch.nn.Module, dataset: Any, cfg: TrainConfig
+) -> tuple[Any, Any, Any, Any, torch.Generator]:
+    """Adam + the warm-up schedule + a shuffling loader, through ``accelerator.prepare``.
+
+    Returns ``(model, optimizer, loader, scheduler, generator)``; ``generator`` drives the
+    loader's shuffle and is re-seeded per epoch by :func:`resumable_batches`.
+    """
+    optimizer = torch.optim.Adam(
+        model.parameters(),
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.train_batch_size,
+        shuffle=True,
+        drop_last=len(dataset) >= cfg.train_batch_size,
+        num_workers=cfg.dataloader_num_workers,
+        generator=generator,
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    return model, optimizer, loader, scheduler, generator
+
+
+def restore_checkpoint(accelerator: Any, resume: Path | None) -> LoopPosition:
+    """Load accelerate's state from ``resume`` (if any) and return where its loop stood."""
+    if resume is None:
+        return LoopPosition()
+    accelerator.load_state(str(resume))
+    pos = LoopPosition.from_state(read_json(resume / STATE_FILE))
+    if accelerator.is_main_process:
+        log.info("resumed from %s at step %d", resume, pos.step)
+    return pos
+
+
 def _scalar(v: Any) -> float:
     return float(v.detach()) if torch.is_tensor(v) else float(v)
 
@@ -335,30 +374,10 @@ def train_vqvae(model_cfg: VQVAEConfig, data_cfg: Any, cfg: TrainConfig) -> Path
     else:
         model_cfg = dataclasses.replace(model_cfg, bandwidth=compute_bandwidth(dataset))
     model = VQVAE(model_cfg)
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=cfg.learning_rate,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.adam_weight_decay,
+    model, optimizer, loader, scheduler, generator = prepare_training(
+        accelerator, model, dataset, cfg
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.train_batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= cfg.train_batch_size,
-        num_workers=cfg.dataloader_num_workers,
-        generator=generator,
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-
-    pos = LoopPosition()
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        pos = LoopPosition.from_state(read_json(resume / STATE_FILE))
-        if main:
-            log.info("resumed from %s at step %d", resume, pos.step)
+    pos = restore_checkpoint(accelerator, resume)
     if cfg.report_to != "none":
         accelerator.init_trackers("vqvae", config={"lr": cfg.learning_rate})
 
@@ -774,30 +793,10 @@ def train_prior(
 
     # -- model, optimiser, loop ---------------------------------------------------------------
     model = Prior(prior_cfg)
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=cfg.learning_rate,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.adam_weight_decay,
+    model, optimizer, loader, scheduler, generator = prepare_training(
+        accelerator, model, dataset, cfg
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.train_batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= cfg.train_batch_size,
-        num_workers=cfg.dataloader_num_workers,
-        generator=generator,
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-
-    pos = LoopPosition()
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        pos = LoopPosition.from_state(read_json(resume / STATE_FILE))
-        if main:
-            log.info("resumed from %s at step %d", resume, pos.step)
+    pos = restore_checkpoint(accelerator, resume)
     if cfg.report_to != "none":
         accelerator.init_trackers("prior", config={"lr": cfg.learning_rate, "level": level})
 
