@@ -407,6 +407,30 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# demo
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from eval.demo import add_demo_args
+
+    add_demo_args(
+        sub.add_parser(
+            "demo",
+            help="built-in data -> VQ-VAE -> priors -> students -> every mode -> report "
+            "(re-running resumes)",
+        )
+    )
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from eval.demo import run_from_args
+
+    res = run_from_args(args)
+    log.info("demo finished in %.1f min: report in %s", res.seconds / 60, res.out / "report")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_distill(sub)
     _add_eval(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -441,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "convert": _run_convert,
         "distill": _run_distill,
         "eval": _run_eval,
+        "demo": _run_demo,
     }
     try:
         return handlers[args.command](args)
