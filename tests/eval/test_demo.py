@@ -1,0 +1,184 @@
+"""The one-command demo (eval.demo): the smoke preset end to end, re-running, data errors.
+
+The end-to-end run trains tiny models for two steps each (~12 s on 2 idle cores, the whole file
+~15 s) and is shared by the two tests that need it through a module fixture; the error paths
+and the budget plan are fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from safetensors.torch import load_file
+
+from eval.demo import (
+    DEMO,
+    DEMO_FILE,
+    RUNS,
+    SAMPLE_MODES,
+    SMOKE,
+    STAGES,
+    DemoConfig,
+    DemoError,
+    plan_steps,
+    planned_seconds,
+    run_demo,
+)
+from teacher.config import ConfigError
+from teacher.data import DataError
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    """mtime of every file under ``root`` except the demo's own record."""
+    return {
+        str(p.relative_to(root)): p.stat().st_mtime_ns
+        for p in root.rglob("*")
+        if p.is_file() and p.name != DEMO_FILE
+    }
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    return run_demo(DemoConfig(out=str(out), preset="smoke", seed=0), progress=False)
+
+
+def test_smoke_demo_runs_every_stage_and_its_products_load(smoke):
+    from student import load_student
+    from teacher.generate import Jukebox
+
+    out = smoke.out
+    assert [s.name for s in smoke.stages] == list(STAGES)
+    assert set(smoke.statuses.values()) == {"ran"}, smoke.statuses
+    assert smoke.steps == dict.fromkeys(RUNS, SMOKE.fixed_steps)
+
+    # the data, the teacher (every prior trained on this VQ-VAE) and the four students
+    assert len(list((out / "data" / "audio").glob("*.wav"))) == SMOKE.n_songs
+    assert len(list((out / "heldout" / "audio").glob("*.wav"))) == SMOKE.heldout_songs
+    jb = Jukebox.from_pretrained(smoke.teacher_dir)
+    assert sorted(jb.priors) == [0, 1, 2]
+    for family in ("categorical", "gaussian"):
+        for level, name in ((1, "middle"), (0, "bottom")):
+            student = load_student(smoke.students_dir / family / name)
+            assert (student.cfg.family, student.cfg.level) == (family, level)
+            link = json.loads((smoke.students_dir / family / name / "teacher.json").read_text())
+            assert link["level"] == level
+
+    # one song in every mode, of the requested length at every level
+    sr, seconds = SMOKE.sample_rate, SMOKE.sample_seconds
+    n = round(seconds * sr / 128) * 128  # whole top-level codes
+    top_codes = None
+    for mode in SAMPLE_MODES:
+        folder = smoke.samples[mode]
+        for wav in ("level0_bottom.wav", "level1_middle.wav"):
+            audio, rate = sf.read(folder / wav)
+            assert rate == sr and len(audio) == n, (mode, wav)
+        codes = load_file(str(folder / "codes.safetensors"))
+        assert codes["level0"].shape[-1] == n // 8 and codes["level1"].shape[-1] == n // 32
+        # the modes upsample the SAME top-level codes
+        if top_codes is None:
+            top_codes = codes["level2"]
+        assert codes["level2"].equal(top_codes)
+        labels = json.loads((folder / "labels.json").read_text())
+        assert labels["sampling_mode"] == mode
+    hybrid = json.loads((smoke.samples["hybrid"] / "labels.json").read_text())
+    assert hybrid["level_modes"] == {"middle": "exact", "bottom": "student"}
+
+    assert smoke.report_dir is not None and (smoke.report_dir / "report.html").is_file()
+    record = json.loads((out / DEMO_FILE).read_text())
+    assert {k: v["status"] for k, v in record["stages"].items()} == smoke.statuses
+
+
+def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(smoke):
+    out = smoke.out
+    before = _mtimes(out)
+    again = run_demo(DemoConfig(out=str(out), preset="smoke", seed=0), progress=False)
+    assert set(again.statuses.values()) == {"skipped"}, again.statuses
+    assert _mtimes(out) == before  # nothing was rewritten
+    assert again.seconds < smoke.seconds
+
+    # a stage killed after its last checkpoint but before publishing: its product is missing,
+    # the run folder holds the checkpoint; the re-run resumes there and trains nothing new
+    weights = (out / "teacher" / "bottom" / "model.safetensors").read_bytes()
+    ckpts = sorted((out / "runs" / "bottom" / "checkpoints").iterdir())
+    shutil.rmtree(out / "teacher" / "bottom")
+    shutil.rmtree(out / "samples" / "speculative")
+    third = run_demo(DemoConfig(out=str(out), preset="smoke", seed=0), progress=False)
+    assert third.statuses["bottom"] == "resumed"
+    assert third.statuses["samples"] == "resumed"
+    assert (out / "teacher" / "bottom" / "model.safetensors").read_bytes() == weights
+    assert sorted((out / "runs" / "bottom" / "checkpoints").iterdir()) == ckpts
+    # same weights, same fingerprint: the students distilled from them are still current
+    assert third.statuses["students"] == "skipped"
+    assert (third.samples["speculative"] / "labels.json").is_file()
+
+
+def test_missing_data_folder_is_one_clear_error(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="no such folder"):
+        run_demo(DemoConfig(out=str(out), data=str(tmp_path / "nope"), preset="smoke"), False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", ["empty", "too_short", "not_audio"])
+def test_data_folder_without_usable_audio_is_one_clear_error(tmp_path, content):
+    data = tmp_path / "mine"
+    data.mkdir()
+    if content == "too_short":  # shorter than one top-prior window (0.51 s at 8 kHz)
+        sf.write(data / "a.wav", 0.1 * np.sin(np.arange(800) / 5.0), SMOKE.sample_rate)
+    elif content == "not_audio":
+        (data / "b.wav").write_text("not a wav file")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="no usable audio"):
+        run_demo(DemoConfig(out=str(out), data=str(data), preset="smoke"), progress=False)
+    assert not (out / "teacher").exists() and not (out / "runs").exists()
+
+
+def test_data_folder_with_files_beyond_the_timing_range_is_refused(tmp_path):
+    data = tmp_path / "mine"
+    data.mkdir()
+    sr = SMOKE.sample_rate
+    t = np.arange(31 * sr) / sr  # the tiny top prior's timing labels end at 30 s
+    sf.write(data / "long.wav", 0.1 * np.sin(2 * np.pi * 220 * t), sr)
+    with pytest.raises(ConfigError, match="timing range"):
+        run_demo(DemoConfig(out=str(tmp_path / "o"), data=str(data), preset="smoke"), False)
+
+
+def test_a_folder_of_another_recipe_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    recipe = {"preset": "demo", "seed": 0, "data": None}
+    (out / DEMO_FILE).write_text(json.dumps({"recipe": recipe, "stages": {}}))
+    with pytest.raises(DemoError, match="preset 'demo'"):
+        run_demo(DemoConfig(out=str(out), preset="smoke"), progress=False)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"preset": "huge"}, {"minutes": 0.0}, {"minutes": math.inf}, {"seed": -1}]
+)
+def test_bad_config_is_refused(kw):
+    with pytest.raises(ConfigError):
+        DemoConfig(**kw).validate()
+
+
+def test_the_budget_splits_into_steps_that_fit_it():
+    for minutes in (5.0, 15.0, 60.0):
+        steps = plan_steps(minutes, DEMO)
+        assert set(steps) == set(RUNS) and all(n >= DEMO.min_steps for n in steps.values())
+        est = sum(planned_seconds(steps, DEMO).values())
+        if minutes >= 15:  # the default fits with the safety margin to spare
+            assert est <= DEMO.safety * minutes * 60 + 1
+    small, big = plan_steps(15.0, DEMO), plan_steps(60.0, DEMO)
+    assert all(big[r] > small[r] for r in RUNS)
+    # the categorical students get more of the budget than the Gaussian baseline
+    assert small["categorical/middle"] > small["gaussian/middle"]
+    # a budget below the fixed costs still plans the minimum (with a warning)
+    assert plan_steps(0.5, DEMO) == dict.fromkeys(RUNS, DEMO.min_steps)
+    assert plan_steps(1.0, SMOKE) == plan_steps(99.0, SMOKE) == dict.fromkeys(RUNS, 2)
+    assert abs(sum(DEMO.fractions.values()) - 1.0) < 1e-9
