@@ -26,24 +26,41 @@ product made from an older upstream model (a prior whose ``vqvae.json``, or a st
 ``teacher.json``, names other weights) is stale and is trained again.
 
 The time budget (``--minutes``, default 15) becomes per-stage step counts (:func:`plan_steps`):
-fixed costs (data, caches, model start-up, sampling, report) are estimated apart; what is left,
-times a safety factor for a shared machine, is split by the fractions below, and each share is
-divided by the seconds per optimiser step measured for that run on a 2-core CPU (torch 2.13,
-2 threads, batch 4)::
+fixed costs (data, caches, model start-up, sampling, report) are estimated apart; what is left
+of ``safety`` (0.9) times the budget is split by the fractions below, and each share is divided
+by the seconds per optimiser step measured for that run on the reference machine (2 vCPU
+Xeon, torch 2.13 CPU, 2 threads, batch 4)::
 
     run                  fraction   s/step   steps @ 15 min   what
-    vqvae                  0.25      0.62        ~220          small_vqvae, 0.74 s crops
-    top                    0.15      0.30        ~270          small top, 512 codes + 64 lyric chars
-    middle                 0.11      0.20        ~300          small upsampler, 2048-code windows
-    bottom                 0.11      0.20        ~300          small upsampler, 2048-code windows
-    categorical/middle     0.13      0.62        ~115          small_student K=4, 512-code windows
-    categorical/bottom     0.13      0.45        ~160          small_student K=4, 512-code windows
-    gaussian/middle        0.06      0.65         ~50          baseline (DESIGN §5: don't tune it)
-    gaussian/bottom        0.06      0.48         ~70          baseline
+    vqvae                  0.25      0.70         216         small_vqvae, 0.74 s crops
+    top                    0.12      0.27         268         small top, 512 codes + 64 lyric chars
+    middle                 0.09      0.18         302         small upsampler, 2048-code windows
+    bottom                 0.09      0.18         302         small upsampler, 2048-code windows
+    categorical/middle     0.23      0.56         248         small_student K=4, 512-code windows
+    categorical/bottom     0.14      0.44         192         small_student K=4, 512-code windows
+    gaussian/middle        0.04      0.58          41         baseline (DESIGN §5: don't tune it)
+    gaussian/bottom        0.04      0.46          52         baseline
 
-(The exact numbers follow from :data:`DEMO` and :func:`plan_steps`; ``fastjukebox demo`` prints
-them before it starts.) The ``smoke`` preset trains tiny models for a few steps each and
-finishes in well under a minute: it is what the test suite runs.
+    fixed s: data 5, vqvae 10, top 40 (the code cache), middle 5, bottom 5, students 10,
+    samples 60 (a 3 s song; speculative sampling is most of it), report 70 (2 clips of 1.5 s)
+    -> planned 808 s (13.5 min) of 900
+
+Measured on that machine (minutes of wall time; the s/step above are these runs' own)::
+
+    stage      steps   planned s   run A (11.3 min plan)   run B (this plan)
+    data                     5            3.0                  MEASURED_DATA
+    vqvae        216       161          110.4 (179 steps)      MEASURED_VQVAE
+    top          268       112           98.4 (255)            MEASURED_TOP
+    middle       302        59           49.8 (287)            MEASURED_MIDDLE
+    bottom       302        59           50.7 (287)            MEASURED_BOTTOM
+    students     533       281          253.8 (507)            MEASURED_STUDENTS
+    samples                 60           50.9                  MEASURED_SAMPLES
+    report                  70           60.3                  MEASURED_REPORT
+    total                  808          677.3                  MEASURED_TOTAL
+
+A busy machine slows every stage (two processes with 2 threads each on 2 cores can make a
+step 10x slower: see :attr:`DemoConfig.threads`). The ``smoke`` preset trains tiny models for
+two steps each and finishes in ~12 s: it is what the test suite runs.
 
 Clear errors come before any training: a ``--data`` folder that does not exist, holds no
 usable audio long enough for a top-prior window, or holds files outside the top prior's timing
@@ -224,7 +241,7 @@ DEMO = Recipe(
     batch=4,
     learning_rate=_per_run(vqvae=3e-4, prior=6e-4, student=1e-3),
     sec_per_step={
-        "vqvae": 0.80,
+        "vqvae": 0.70,  # 0.62 idle, 0.83 beside another job
         "top": 0.27,
         "middle": 0.18,
         "bottom": 0.18,
@@ -251,8 +268,8 @@ DEMO = Recipe(
         "bottom": 5.0,
         "students": 10.0,
         # speculative sampling dominates both: ~150-320 codes/s on this CPU (exact ~2900)
-        "samples": 70.0,
-        "report": 90.0,
+        "samples": 60.0,
+        "report": 70.0,
     },
     safety=0.9,
     sample_seconds=3.0,

@@ -1,0 +1,676 @@
+"""Issue 5's distillation table, in one CPU run: speed, speculative acceptance, quality, K sweep.
+
+Takes a finished demo folder (``--demo OUT``: its ``teacher/`` and ``students/``, see
+:mod:`eval.demo`) or trains the default demo recipe first (``eval.demo.run_demo`` into
+``--train_into`` or a temporary folder; the time it took is printed). Then:
+
+(a) speed -- seconds to upsample ``--seconds`` of audio at each upsampling level (middle,
+    bottom) in exact, accelerated (the categorical student) and speculative mode, with the
+    ratio to exact, at batch 1 (latency; the middle level gets one FULL window of 2048 codes,
+    the bottom 4x as many over several windows) and at batch ``--batch`` (throughput). The time
+    is the wall time inside the level's sampler (``FastGenerationResult.stats``; decoding
+    excluded), given the clip's TRUE upper codes. A student costs K passes whatever the length,
+    each about as much as a teacher pass or more, so its gain is the thousands of sequential
+    teacher steps it replaces: large for long windows at batch 1, small or negative for short
+    windows and big batches (a batch makes each teacher step cheaper per code). Both are shown.
+(b) speculative -- acceptance rate α, tokens per teacher pass, teacher passes per token (exact:
+    1) and the (1 − α^{γ+1})/(1 − α) that α predicts.
+(c) quality on held-out synth clips (``OUT/heldout``) given the SAME ground-truth upper codes:
+    teacher NLL in bits/token of the real codes, of the teacher's own samples and of each
+    student's; MR-STFT distance of the decoded level to the decoded real codes (the level's
+    ground truth), and the student/teacher ratio (goal <= 1.15x); the student's estimated KL per
+    token in nats (closed form against one teacher pass over its own sample, temperature 1;
+    the Gaussian IAF's is that of its calibrated soft assignment); token accuracy against the
+    true codes; random codes as the floor.
+(d) K sweep -- a categorical middle-level student distilled for each K in ``--ks`` with the same
+    short budget (``--k_steps`` steps, the demo's run settings), then its KL per token and
+    MR-STFT as in (c).
+
+A final GOALS table marks each goal MET / NOT MET with the measured value: accelerated >= 50x
+faster than exact at batch 1; student MR-STFT within 1.15x of the teacher's; KL/token < 0.2
+nats; speculative >= 2x fewer teacher passes than exact. Every table also goes to ``--out_md``.
+
+    python benchmarks/bench_distill.py --demo demo_out [--out_md bench_distill.md]
+    python benchmarks/bench_distill.py --train_into demo_out      # trains the demo first
+
+Threads: torch's default (all cores). Timings are wall clock on a shared machine: each is one
+run after a warm-up, so read ratios rather than absolute seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table as RichTable  # noqa: E402
+
+from distill.pipeline import FastJukebox  # noqa: E402
+from distill.speculative import DEFAULT_GAMMA, expected_tokens_per_pass  # noqa: E402
+from eval import metrics as M  # noqa: E402
+from eval.demo import (  # noqa: E402
+    DEMO_FILE,
+    RECIPES,
+    SAMPLE_FAMILY,
+    DemoConfig,
+    Recipe,
+    run_demo,
+)
+from eval.evaluate import Clip, WindowLabels, load_clips, student_kl, windowed_nll_bits  # noqa: E402
+from eval.speed import machine_info  # noqa: E402
+from student.base import load_student  # noqa: E402
+from teacher.generate import level_name  # noqa: E402
+from teacher.io import read_json  # noqa: E402
+
+log = logging.getLogger("bench_distill")
+
+UPSAMPLING = ("middle", "bottom")
+SPEED_MODES = ("exact", "accelerated", "speculative")
+GOAL_SPEEDUP = 50.0
+GOAL_MRSTFT_RATIO = 1.15
+GOAL_KL = 0.2
+GOAL_PASS_REDUCTION = 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# tables: one definition, printed with rich and written as markdown
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+    def add(self, *cells: Any) -> None:
+        self.rows.append([c if isinstance(c, str) else fmt(c) for c in cells])
+
+    def rich(self) -> RichTable:
+        t = RichTable(title=self.title, caption=self.note or None, caption_justify="left")
+        for i, c in enumerate(self.columns):
+            t.add_column(c, justify="left" if i == 0 else "right")
+        for r in self.rows:
+            t.add_row(*r)
+        return t
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", ""]
+        lines.append("| " + " | ".join(self.columns) + " |")
+        lines.append("|" + "|".join("---" for _ in self.columns) + "|")
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        if self.note:
+            lines += ["", self.note]
+        return "\n".join(lines) + "\n"
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return str(x)
+        if abs(x) >= 1000:
+            return f"{x:.0f}"
+        if x != 0 and abs(x) < 10 ** -(digits - 1):
+            return f"{x:.{digits}g}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo folder
+
+
+@dataclass
+class DemoPaths:
+    root: Path
+    teacher: Path
+    students: Path
+    data: Path
+    heldout: Path
+    recipe: Recipe
+    train_seconds: float | None = None
+
+    @classmethod
+    def of(cls, root: Path, train_seconds: float | None = None) -> DemoPaths:
+        """Paths of a finished demo folder (``demo.json`` says whether it used --data and which
+        preset made it; the K sweep distils with that preset's settings)."""
+        data = root / "data"
+        heldout = root / "heldout"
+        cfg = read_json(root / DEMO_FILE).get("config", {}) if (root / DEMO_FILE).is_file() else {}
+        if cfg.get("data"):
+            data = heldout = Path(cfg["data"])
+        for p in (root / "teacher", root / "students" / SAMPLE_FAMILY, heldout):
+            if not p.is_dir():
+                raise SystemExit(f"{root} is not a finished demo folder: {p} is missing")
+        recipe = RECIPES[cfg.get("preset", "demo")]
+        return cls(root, root / "teacher", root / "students", data, heldout, recipe, train_seconds)
+
+
+def trained_demo(args: argparse.Namespace, console: Console) -> DemoPaths:
+    if args.demo:
+        return DemoPaths.of(Path(args.demo))
+    root = Path(args.train_into or tempfile.mkdtemp(prefix="fastjukebox_demo_"))
+    console.rule(f"training the demo recipe into {root} ({args.minutes:g} min budget)")
+    t0 = time.perf_counter()
+    cfg = DemoConfig(out=str(root), minutes=args.minutes, seed=args.seed, threads=args.threads)
+    run_demo(cfg, progress=True)
+    return DemoPaths.of(root, train_seconds=time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def clip_names(fj: FastJukebox, clip: Clip, level: int) -> dict[str, Any]:
+    """Artist and genres of a clip as the level's vocabulary knows them (unknown: None)."""
+    vocab = fj.jukebox.vocabs.get(level)
+    if vocab is None:
+        return {"artist": None, "genre": None}
+    artist = clip.artist if clip.artist and vocab.artist_id(clip.artist) else None
+    genres = [g for g in clip.genre if vocab.genre_ids(g) != [0]]
+    return {"artist": artist, "genre": genres or None}
+
+
+def upsample_level(
+    fj: FastJukebox,
+    codes: list[torch.Tensor],
+    level: int,
+    mode: str,
+    names: dict[str, Any],
+    seed: int,
+    gamma: int,
+) -> Any:
+    """Sample ONE level from the true codes of every level above it (batch = the codes')."""
+    given = {k: codes[k] for k in range(level + 1, fj.levels)}
+    return fj.upsample(
+        given,
+        **names,
+        mode=mode,
+        gamma=gamma,
+        seed=seed,
+        levels=(level_name(level, fj.levels),),
+        progress=False,
+    )
+
+
+def level_of(name: str) -> int:
+    return {"bottom": 0, "middle": 1, "top": 2}[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) + (b) speed and speculative acceptance
+
+
+def speed_section(
+    fj: FastJukebox,
+    audio: torch.Tensor,
+    clips: Sequence[Clip],
+    batches: Sequence[int],
+    seed: int,
+    gamma: int,
+) -> tuple[Table, Table, dict[str, Any]]:
+    vq = fj.jukebox.vqvae
+    sr = fj.sample_rate
+    seconds = audio.shape[-1] / sr
+    speed = Table(
+        f"(a) speed: seconds to upsample {seconds:.2f} s of audio per level",
+        [
+            "level",
+            "batch",
+            "codes/row",
+            "teacher n_ctx",
+            "mode",
+            "seconds",
+            "codes/s",
+            "x exact",
+            "student passes",
+        ],
+    )
+    spec = Table(
+        f"(b) speculative sampling (gamma = {gamma})",
+        [
+            "level",
+            "batch",
+            "acceptance",
+            "tokens/teacher pass (= x fewer passes than exact)",
+            "teacher passes/token",
+            "predicted tokens/pass",
+            "prime passes",
+        ],
+        note="Exact sampling runs one teacher pass per token (1 token/pass); speculative "
+        "passes are cached chunk forwards of gamma+1 positions; windows are primed on their "
+        "kept prefix once (prime passes).",
+    )
+    raw: dict[str, Any] = {}
+    with torch.inference_mode():
+        all_codes = vq.encode(audio)
+    names = clip_names(fj, clips[0], 0)
+    # warm-up: each sampler once on a short span (first calls allocate and initialise)
+    short = [c[:1, : max(1, c.shape[1] // 8)] for c in all_codes]
+    for name in UPSAMPLING:
+        for mode in SPEED_MODES:
+            upsample_level(fj, short, level_of(name), mode, names, seed, gamma)
+    for b in batches:
+        codes = [c[:b] for c in all_codes]
+        for name in UPSAMPLING:
+            lv = level_of(name)
+            n_ctx = fj.jukebox.priors[lv].cfg.n_ctx
+            exact_s = None
+            for mode in SPEED_MODES:
+                log.info("speed: %s level, batch %d, %s", name, b, mode)
+                res = upsample_level(fj, codes, lv, mode, names, seed, gamma)
+                st = res.stats[name]
+                exact_s = st.seconds if mode == "exact" else exact_s
+                ratio = exact_s / st.seconds if st.seconds > 0 else float("inf")
+                raw[f"{name}/{b}/{mode}"] = st.to_dict()
+                speed.add(
+                    name,
+                    b,
+                    codes[lv].shape[1],
+                    n_ctx,
+                    mode,
+                    st.seconds,
+                    st.codes_per_second,
+                    ratio,
+                    st.student_passes if mode != "exact" else None,
+                )
+                if st.speculative is not None:
+                    sp = st.speculative
+                    alpha = sp.acceptance_rate
+                    tpp = sp.tokens_per_pass
+                    spec.add(
+                        name,
+                        b,
+                        alpha,
+                        tpp,
+                        1.0 / tpp if tpp else None,
+                        expected_tokens_per_pass(alpha, gamma),
+                        sp.prime_passes,
+                    )
+    return speed, spec, raw
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) quality on the same true upper codes
+
+
+class LevelEval:
+    """One upsampling level of the held-out clips: its true codes, the true codes above, the
+    level decoded from the true codes (the reference audio) and the teacher's window labels."""
+
+    def __init__(self, jb: Any, codes: list[torch.Tensor], clips: Sequence[Clip], name: str):
+        self.jb, self.codes, self.clips, self.name = jb, codes, clips, name
+        self.level = lv = level_of(name)
+        self.prior = jb.priors[lv]
+        self.labels = WindowLabels(self.prior, jb.vocabs.get(lv))
+        self.upper = codes[lv + 1]
+        with torch.no_grad():
+            self.ref = jb.vqvae.decode([codes[lv]], lv).float()
+
+    def sample(self, fj: FastJukebox, mode: str, seed: int, gamma: int) -> torch.Tensor:
+        """``LongTensor[N, T]``: each clip's level sampled from its true upper codes and its
+        own artist/genre (seed ``seed + i`` for clip i)."""
+        rows = []
+        for i, clip in enumerate(self.clips):
+            one = [c[i : i + 1] for c in self.codes]
+            names = clip_names(fj, clip, self.level)
+            rows.append(
+                upsample_level(fj, one, self.level, mode, names, seed + i, gamma).codes[self.level]
+            )
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def score(self, gen: torch.Tensor) -> dict[str, float]:
+        """Teacher NLL (bits/token), MR-STFT to the reference and token accuracy of codes."""
+        dec = self.jb.vqvae.decode([gen], self.level).float()
+        true = self.codes[self.level]
+        return {
+            "nll_bits": windowed_nll_bits(self.prior, gen, self.clips, self.labels, self.upper),
+            "mrstft": float(M.mrstft_distance(self.ref, dec, self.jb.sample_rate).mean()),
+            "accuracy": float(M.token_accuracy(gen.cpu(), true.cpu()).mean()),
+        }
+
+    def kl(self, fj: FastJukebox, seed: int) -> dict[str, float]:
+        """The student's KL and entropy per token (nats) on its own samples of these clips."""
+        return student_kl(fj, self.level, self.clips, self.upper, self.labels, seed)
+
+
+def quality_section(
+    fj_by_family: dict[str, FastJukebox],
+    audio: torch.Tensor,
+    clips: Sequence[Clip],
+    seed: int,
+    gamma: int,
+) -> tuple[Table, dict[str, Any]]:
+    jb = fj_by_family[SAMPLE_FAMILY].jukebox
+    sr = jb.sample_rate
+    table = Table(
+        f"(c) quality on {len(clips)} held-out clips of {audio.shape[-1] / sr:.2f} s, given the "
+        "TRUE upper codes",
+        [
+            "level",
+            "codes from",
+            "teacher NLL bits/token",
+            "MR-STFT to decoded real codes",
+            "x teacher's MR-STFT",
+            "KL/token (nats)",
+            "token accuracy",
+        ],
+        note="MR-STFT: auraloss multi-resolution STFT distance (SC + log magnitude, Jukebox's "
+        "resolutions rescaled to the sample rate) of the decoded level to the same level "
+        "decoded from the real codes. KL: the student's closed-form reverse KL per token to the "
+        "teacher at temperature 1 on its own samples (categorical: exact given the noise; "
+        "gaussian: its calibrated soft assignment). Teacher samples at temperature 0.99, "
+        "students at 1.",
+    )
+    with torch.inference_mode():
+        codes = jb.vqvae.encode(audio)
+    out: dict[str, Any] = {}
+    for name in UPSAMPLING:
+        ev = LevelEval(jb, codes, clips, name)
+        rows: dict[str, dict[str, Any]] = {}
+        rows["real codes"] = {**ev.score(codes[ev.level]), "mrstft": 0.0}
+        log.info("quality: %s level, teacher (exact)", name)
+        rows["teacher (exact)"] = ev.score(
+            ev.sample(fj_by_family[SAMPLE_FAMILY], "exact", seed, gamma)
+        )
+        for fam, fjx in fj_by_family.items():
+            log.info("quality: %s level, %s student", name, fam)
+            rows[f"{fam} student"] = {
+                **ev.score(ev.sample(fjx, "accelerated", seed, gamma)),
+                **ev.kl(fjx, seed),
+            }
+        g = torch.Generator().manual_seed(seed)
+        rand = torch.randint(0, jb.vqvae.cfg.l_bins, codes[ev.level].shape, generator=g)
+        rows["random codes (floor)"] = ev.score(rand)
+        teacher_mr = rows["teacher (exact)"]["mrstft"]
+        for who, r in rows.items():
+            ratio = r["mrstft"] / teacher_mr if who != "real codes" and teacher_mr > 0 else None
+            r["mrstft_ratio"] = ratio
+            table.add(
+                name, who, r["nll_bits"], r["mrstft"], ratio, r.get("kl_per_token"), r["accuracy"]
+            )
+        out[name] = rows
+    return table, out
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) K sweep
+
+
+def k_sweep(
+    paths: DemoPaths,
+    fj: FastJukebox,
+    audio: torch.Tensor,
+    clips: Sequence[Clip],
+    ks: Sequence[int],
+    steps: int,
+    seed: int,
+    work: Path,
+    teacher_mrstft: float,
+) -> tuple[Table, dict[int, dict[str, float]]]:
+    from distill.train import DistillConfig, distill
+    from teacher.data import DataConfig
+    from teacher.train import TrainConfig
+
+    jb = fj.jukebox
+    r = paths.recipe
+    run = "categorical/middle"
+    warm = max(1, int(r.ce_warmup_fraction * steps))
+    table = Table(
+        f"(d) K sweep: categorical middle-level students, {steps} distillation steps each",
+        ["K", "train s", "s/step", "KL/token (nats)", "MR-STFT", "x teacher's MR-STFT", "accuracy"],
+        note=f"Each K distilled from the same teacher with the demo's settings (batch {r.batch}, "
+        f"lr {r.learning_rate[run]:g} cosine, {r.distill_n_ctx or 'teacher-window'}-code windows, "
+        "CE warm start "
+        f"over {warm} steps, EMA 0.99), then scored as in (c) on the same clips; x teacher: "
+        "against the teacher samples' MR-STFT of (c).",
+    )
+    with torch.inference_mode():
+        codes = jb.vqvae.encode(audio)
+    ev = LevelEval(jb, codes, clips, "middle")
+    out: dict[int, dict[str, float]] = {}
+    for k in ks:
+        dcfg = DistillConfig(
+            level=ev.level,
+            family="categorical",
+            preset=r.student,
+            n_stages=k,
+            weights={"ce": 1.0},
+            ce_warmup_steps=warm,
+            n_ctx=r.distill_n_ctx,
+            ema_decay=0.99,
+        )
+        tcfg = TrainConfig(
+            output_dir=str(work / f"k{k}"),
+            train_batch_size=r.batch,
+            learning_rate=r.learning_rate[run],
+            lr_scheduler="cosine",
+            lr_warmup_steps=min(100, steps // 10),
+            max_train_steps=steps,
+            checkpointing_steps=steps,
+            checkpoints_total_limit=1,
+            seed=seed,
+            logging_steps=max(1, min(10, steps // 10)),
+        )
+        data_cfg = DataConfig(
+            root=str(paths.data),
+            sample_rate=jb.sample_rate,
+            aug_blend=False,
+            cache_dir=str(paths.root / "cache"),
+            seed=seed,
+        )
+        log.info("K sweep: distilling K=%d for %d steps", k, steps)
+        t0 = time.perf_counter()
+        folder = distill(paths.teacher, data_cfg, dcfg, tcfg)
+        train_s = time.perf_counter() - t0
+        fjk = FastJukebox(jb, {ev.level: load_student(folder)})
+        o = {
+            "train_s": train_s,
+            **ev.score(ev.sample(fjk, "accelerated", seed, 1)),
+            **ev.kl(fjk, seed),
+        }
+        out[k] = o
+        table.add(
+            k,
+            train_s,
+            train_s / steps,
+            o["kl_per_token"],
+            o["mrstft"],
+            o["mrstft"] / teacher_mrstft if teacher_mrstft > 0 else None,
+            o["accuracy"],
+        )
+    return table, out
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--demo", default=None, help="a finished demo folder (eval.demo)")
+    p.add_argument(
+        "--train_into", default=None, help="no --demo: train the demo recipe into this folder"
+    )
+    p.add_argument("--minutes", type=float, default=15.0, help="the demo's budget when training")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="audio per clip (default: one top-prior window, 2.97 s at the demo sizes: one "
+        "full 2048-code middle window)",
+    )
+    p.add_argument("--batch", type=int, default=16, help="the throughput batch")
+    p.add_argument("--clips", type=int, default=4, help="held-out clips for (c) and (d)")
+    p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="speculative drafts")
+    p.add_argument("--ks", default="1,2,4,8", help="K values of the sweep ('' skips it)")
+    p.add_argument("--k_steps", type=int, default=150, help="distillation steps per K")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--out_md", default="bench_distill.md", help="markdown copy of the tables")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from fastjukebox.cli import setup_logging
+
+    setup_logging()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_args(p)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    console = Console()
+    t_all = time.perf_counter()
+    paths = trained_demo(args, console)
+    fj = FastJukebox.from_pretrained(paths.teacher, students=paths.students / SAMPLE_FAMILY)
+    jb = fj.jukebox
+    sr = jb.sample_rate
+    hop = jb.hop_lengths[-1]
+    top_n_ctx = jb.priors[jb.levels - 1].cfg.n_ctx
+    length = (
+        top_n_ctx * hop if args.seconds is None else max(1, round(args.seconds * sr / hop)) * hop
+    )
+    n_clips = max(args.clips, args.batch, 2)
+    clips, audio = load_clips(paths.heldout, sr, length, n_clips, seed=args.seed)
+    fams = {SAMPLE_FAMILY: fj}
+    gauss = paths.students / "gaussian"
+    if all((gauss / n / "config.json").is_file() for n in UPSAMPLING):
+        # the Gaussian IAF baseline beside the same teacher
+        fams["gaussian"] = FastJukebox(
+            jb, {level_of(n): load_student(gauss / n, device=jb.device) for n in UPSAMPLING}
+        )
+    info = machine_info()
+    header = [
+        f"machine: {info['cpu']} ({info['cpu_usable']} cores usable), torch "
+        f"{info['torch_version']}, {info['torch_threads']} threads",
+        f"demo folder: {paths.root}"
+        + (
+            f" (trained by this run in {paths.train_seconds / 60:.1f} min)"
+            if paths.train_seconds
+            else ""
+        ),
+        f"clips: held-out {paths.heldout}, {length / sr:.2f} s each "
+        f"({length // jb.hop_lengths[1]} middle / {length // jb.hop_lengths[0]} bottom codes); "
+        f"teacher windows: middle {jb.priors[1].cfg.n_ctx}, bottom {jb.priors[0].cfg.n_ctx} "
+        f"codes; students K = {fj.students[1].cfg.n_stages}",
+    ]
+    for line in header:
+        console.print(line)
+    tables: list[Table] = []
+    results: dict[str, Any] = {}
+
+    t0 = time.perf_counter()
+    speed, spec, results["speed"] = speed_section(
+        fj, audio, clips, sorted({1, args.batch}), args.seed, args.gamma
+    )
+    speed.note = (
+        f"Wall seconds inside the level's sampler (decoding excluded), one run after a warm-up, "
+        f"given the clips' true upper codes ({time.perf_counter() - t0:.0f} s for this table)."
+    )
+    tables += [speed, spec]
+    console.print(speed.rich(), spec.rich())
+
+    q, results["quality"] = quality_section(
+        fams, audio[: args.clips], clips[: args.clips], args.seed, args.gamma
+    )
+    tables.append(q)
+    console.print(q.rich())
+
+    ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    if ks:
+        with tempfile.TemporaryDirectory(prefix="bench_k_") as work:
+            kt, results["k"] = k_sweep(
+                paths,
+                fj,
+                audio[: args.clips],
+                clips[: args.clips],
+                ks,
+                args.k_steps,
+                args.seed,
+                Path(work),
+                results["quality"]["middle"]["teacher (exact)"]["mrstft"],
+            )
+        tables.append(kt)
+        console.print(kt.rich())
+
+    goals = goals_table(results)
+    tables.append(goals)
+    console.print(goals.rich())
+    total = time.perf_counter() - t_all
+    console.print(f"benchmark wall time {total / 60:.1f} min")
+    md = [
+        "# bench_distill",
+        "",
+        *[f"- {h}" for h in header],
+        f"- wall time {total / 60:.1f} min",
+        "",
+    ]
+    md += [t.markdown() for t in tables]
+    Path(args.out_md).write_text("\n".join(md))
+    console.print(f"tables written to {args.out_md}")
+    return 0
+
+
+def goals_table(results: dict[str, Any]) -> Table:
+    """Issue 5's goals, each MET / NOT MET with the measured value."""
+    t = Table("GOALS", ["goal", "measured", "status"])
+
+    def row(goal: str, ok: bool, shown: str) -> None:
+        t.add(goal, shown, "MET" if ok else "NOT MET")
+
+    sp = results["speed"]
+    ex = sum(sp[f"{n}/1/exact"]["seconds"] for n in UPSAMPLING)
+    acc = sum(sp[f"{n}/1/accelerated"]["seconds"] for n in UPSAMPLING)
+    ratio = ex / acc if acc > 0 else float("inf")
+    row(
+        f"accelerated >= {GOAL_SPEEDUP:g}x faster than exact at batch 1 (middle + bottom)",
+        ratio >= GOAL_SPEEDUP,
+        f"{ratio:.1f}x ({ex:.2f} s -> {acc:.2f} s)",
+    )
+    for name in UPSAMPLING:
+        r = results["quality"][name][f"{SAMPLE_FAMILY} student"]
+        row(
+            f"{name}: student MR-STFT within {GOAL_MRSTFT_RATIO}x of the teacher's",
+            r["mrstft_ratio"] is not None and r["mrstft_ratio"] <= GOAL_MRSTFT_RATIO,
+            f"{r['mrstft_ratio']:.2f}x",
+        )
+    for name in UPSAMPLING:
+        r = results["quality"][name][f"{SAMPLE_FAMILY} student"]
+        row(
+            f"{name}: estimated KL/token < {GOAL_KL} nats",
+            r["kl_per_token"] < GOAL_KL,
+            f"{r['kl_per_token']:.3f} nats",
+        )
+    for name in UPSAMPLING:
+        st = sp[f"{name}/1/speculative"].get("speculative", {})
+        tpp = float(st.get("tokens_per_pass", 0.0))
+        row(
+            f"{name}: speculative >= {GOAL_PASS_REDUCTION:g}x fewer teacher passes than exact "
+            "(batch 1)",
+            tpp >= GOAL_PASS_REDUCTION,
+            f"{tpp:.2f}x ({st.get('teacher_passes', 0)} passes for {st.get('positions', 0)} codes)",
+        )
+    return t
+
+
+if __name__ == "__main__":
+    sys.exit(main())
