@@ -10,6 +10,7 @@ same code paths as the command line (``teacher.train``, ``distill.train``,
       heldout/                      a few more synth songs (another seed), never trained on
       cache/                        decoded audio and the code cache (shared by every stage)
       runs/<stage>/                 trainer output folders: checkpoints/, metrics.jsonl
+                                    (the last checkpoint of each run: ~0.5 GB in all)
       teacher/{vqvae,top,middle,bottom}
       students/{categorical,gaussian}/{middle,bottom}
       samples/{exact,accelerated,hybrid,speculative}/
@@ -45,18 +46,19 @@ Xeon, torch 2.13 CPU, 2 threads, batch 4)::
     samples 60 (a 3 s song; speculative sampling is most of it), report 70 (2 clips of 1.5 s)
     -> planned 808 s (13.5 min) of 900
 
-Measured on that machine (minutes of wall time; the s/step above are these runs' own)::
+Measured on that machine (wall seconds; the s/step above come from these runs; run A had an
+earlier, smaller plan)::
 
-    stage      steps   planned s   run A (11.3 min plan)   run B (this plan)
-    data                     5            3.0                  MEASURED_DATA
-    vqvae        216       161          110.4 (179 steps)      MEASURED_VQVAE
-    top          268       112           98.4 (255)            MEASURED_TOP
-    middle       302        59           49.8 (287)            MEASURED_MIDDLE
-    bottom       302        59           50.7 (287)            MEASURED_BOTTOM
-    students     533       281          253.8 (507)            MEASURED_STUDENTS
-    samples                 60           50.9                  MEASURED_SAMPLES
-    report                  70           60.3                  MEASURED_REPORT
-    total                  808          677.3                  MEASURED_TOTAL
+    stage      steps   planned s   run A (steps)           run B (this plan)
+    data                     5            3.0                  3.5
+    vqvae        216       161          110.4 (179 steps)      143.2
+    top          268       112           98.4 (255)            113.4
+    middle       302        59           49.8 (287)            59.9
+    bottom       302        59           50.7 (287)            56.9
+    students     533       281          253.8 (507)            288.5
+    samples                 60           50.9                  35.4
+    report                  70           60.3                  50.3
+    total                  808          677.3                  751.1 (12.5 min)
 
 A busy machine slows every stage (two processes with 2 threads each on 2 cores can make a
 step 10x slower: see :attr:`DemoConfig.threads`). The ``smoke`` preset trains tiny models for
@@ -418,9 +420,9 @@ class DemoResult:
 def run_demo(cfg: DemoConfig, progress: bool = True) -> DemoResult:
     """Run (or resume) the demo recipe of ``cfg`` into ``cfg.out``; see the module docs.
 
-    ``progress``: a stage header, the trainers' progress bars and a final summary table of
-    stage times on the console (rich). Everything is also logged and recorded in
-    ``OUT/demo.json``.
+    ``progress``: a stage header before each stage and a final summary table of stage times on
+    the console (rich); the trainers and the samplers draw their own bars (the trainers always
+    do on the main process). Everything is also logged and recorded in ``OUT/demo.json``.
     """
     cfg = cfg.validate()
     if cfg.threads is None:
@@ -1018,10 +1020,6 @@ __all__ = [
     "PRESETS",
     "RECIPES",
     "RUNS",
-    "add_demo_args",
-    "demo_config_from_args",
-    "main",
-    "run_from_args",
     "SAMPLE_MODES",
     "SMOKE",
     "STAGES",
@@ -1030,9 +1028,13 @@ __all__ = [
     "DemoResult",
     "Recipe",
     "StageResult",
+    "add_demo_args",
+    "demo_config_from_args",
+    "main",
     "plan_steps",
     "planned_seconds",
     "run_demo",
+    "run_from_args",
     "summary_table",
 ]
 

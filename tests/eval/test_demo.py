@@ -30,6 +30,7 @@ from eval.demo import (
     planned_seconds,
     run_demo,
 )
+from eval.demo import main as demo_main
 from teacher.config import ConfigError
 from teacher.data import DataError
 
@@ -120,10 +121,18 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(smoke):
 
 
 def test_missing_data_folder_is_one_clear_error(tmp_path):
+    import torch
+
     out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    cfg = DemoConfig(out=str(out), data=str(tmp_path / "nope"), preset="smoke", threads=1)
     with pytest.raises(DataError, match="no such folder"):
-        run_demo(DemoConfig(out=str(out), data=str(tmp_path / "nope"), preset="smoke"), False)
+        run_demo(cfg, progress=False)
     assert not out.exists()
+    assert torch.get_num_threads() == threads  # --threads is restored, even on an error
+    # the command line reports it as one error line and exit code 2
+    argv = ["--out", str(out), "--data", str(tmp_path / "nope"), "--preset", "smoke"]
+    assert demo_main([*argv, "--no_progress"]) == 2
 
 
 @pytest.mark.parametrize("content", ["empty", "too_short", "not_audio"])
