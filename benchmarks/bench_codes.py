@@ -51,11 +51,10 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-from teacher.codes import CodeDataset, build_code_cache  # noqa: E402
-from teacher.config import small_vqvae  # noqa: E402
-from teacher.data import AudioDataset, DataConfig  # noqa: E402
-from teacher.labels import LabelConfig  # noqa: E402
-from teacher.train import prior_preset  # noqa: E402
+from teacher.data.codes import CodeDataset, build_code_cache  # noqa: E402
+from teacher.data.dataset import AudioDataset, DataConfig  # noqa: E402
+from teacher.data.labels import LabelConfig  # noqa: E402
+from teacher.presets import prior_preset, small_vqvae  # noqa: E402
 from teacher.vqvae import VQVAE  # noqa: E402
 
 SR = 22050

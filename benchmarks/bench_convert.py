@@ -41,9 +41,13 @@ MODES = ("zip", "zip-keep-pages", "legacy", "legacy-whole")
 
 def synthetic_configs(depth: int):
     """Released VQ-VAE, tiny bottom/top priors, and the released middle upsampler at ``depth``."""
-    from teacher.config import jukebox_vqvae
-    from teacher.presets import ModelConfigs, upsampler
-    from teacher.prior.config import tiny_top_prior, tiny_upsampler
+    from teacher.presets import (
+        ModelConfigs,
+        jukebox_vqvae,
+        tiny_top_prior,
+        tiny_upsampler,
+        upsampler,
+    )
 
     middle = upsampler(1)
     middle = dataclasses.replace(
@@ -56,7 +60,7 @@ def synthetic_configs(depth: int):
 
 def write_checkpoints(folder: Path, depth: int, legacy: bool) -> int:
     """OpenAI-style ``.pth.tar`` files of random weights; returns their total size in bytes."""
-    from teacher.convert import _expected
+    from teacher.released.convert import _expected
 
     folder.mkdir(parents=True, exist_ok=True)
     cfgs = synthetic_configs(depth)
@@ -91,10 +95,11 @@ def _status(field: str) -> int:
 
 def child(args: argparse.Namespace) -> None:
     """Convert once and print a JSON line of measurements."""
-    import teacher.convert as convert
+    import teacher.released.checkpoints as checkpoints
+    import teacher.released.convert as convert
 
-    convert.RELEASE_PAGES = args.mode != "zip-keep-pages"
-    convert.LAZY_LEGACY = args.mode != "legacy-whole"
+    checkpoints.RELEASE_PAGES = args.mode != "zip-keep-pages"
+    checkpoints.LAZY_LEGACY = args.mode != "legacy-whole"
     cfgs = synthetic_configs(args.depth)
     base = _status("VmRSS")
     peaks = {"RssAnon": 0, "RssFile": 0}

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-from teacher.data import AudioDataset, DataConfig, scan_audio  # noqa: E402
+from teacher.data.dataset import AudioDataset, DataConfig, scan_audio  # noqa: E402
 
 SR_FILE, SR_MODEL = 44100, 22050
 

@@ -91,6 +91,7 @@ from rich.table import Table as RichTable  # noqa: E402
 from distill.pipeline import FastJukebox  # noqa: E402
 from distill.speculative import DEFAULT_GAMMA, expected_tokens_per_pass  # noqa: E402
 from eval import metrics as M  # noqa: E402
+from eval.clips import Clip, WindowLabels, load_clips, windowed_nll_bits  # noqa: E402
 from eval.demo import (  # noqa: E402
     DEMO_FILE,
     RECIPES,
@@ -99,11 +100,11 @@ from eval.demo import (  # noqa: E402
     Recipe,
     run_demo,
 )
-from eval.evaluate import Clip, WindowLabels, load_clips, student_kl, windowed_nll_bits  # noqa: E402
+from eval.runner import student_kl  # noqa: E402
 from eval.speed import machine_info  # noqa: E402
 from student.base import load_student  # noqa: E402
-from teacher.generate import level_name  # noqa: E402
 from teacher.io import read_json  # noqa: E402
+from teacher.levels import level_name  # noqa: E402
 
 log = logging.getLogger("bench_distill")
 
@@ -472,9 +473,10 @@ def k_sweep(
     work: Path,
     teacher_mrstft: float,
 ) -> tuple[Table, dict[int, dict[str, float]]]:
-    from distill.train import DistillConfig, distill
-    from teacher.data import DataConfig
-    from teacher.train import TrainConfig
+    from distill.config import DistillConfig
+    from distill.train import distill
+    from teacher.data.dataset import DataConfig
+    from teacher.train.loop import TrainConfig
 
     jb = fj.jukebox
     r = paths.recipe
@@ -580,7 +582,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from fastjukebox.cli import setup_logging
+    from teacher.console import setup_logging
 
     setup_logging()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

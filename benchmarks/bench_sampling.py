@@ -4,13 +4,13 @@ CPU, one thread. A top prior of width 128, depth 4, 2 heads, n_ctx 256, 2048 bin
 timing, no lyrics), dense (attn_order 0) and row/column/previous-row (attn_order 2, 16
 blocks), batch 1 and 4, one whole window (256 codes) from nothing:
 
-  (a) ours      ``teacher.prior.sampling.sample_window``: preallocated KV cache, lean step,
+  (a) ours      ``teacher.generate.sampler.sample_window``: preallocated KV cache, lean step,
                 Gumbel-max draws (the module docs list the tricks).
   (b) recompute the same model with no cache: a full teacher-forced forward over the prefix
                 for every new code (``Prior.logits``), the same Gumbel-max draw.
   (c) 2020      transformers 4.57.6's port of the 2020 Jukebox code (``JukeboxPrior.sample``,
                 its cache grown by ``torch.cat`` every step), at the same config with the SAME
-                random weights (converted by ``teacher.convert``). Its tqdm bar is disabled and
+                random weights (converted by ``teacher.released.hf_keys``). Its tqdm bar is disabled and
                 its ``full_dense_attention`` pattern, which names a function the port lacks
                 (``dense_attention``), is pointed at its ``dense_attn`` while building.
 
@@ -67,9 +67,9 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from teacher.convert import prior_from_transformers_state_dict  # noqa: E402
+from teacher.generate.sampler import gumbel_noise, sample_window  # noqa: E402
 from teacher.prior.model import Prior  # noqa: E402
-from teacher.prior.sampling import gumbel_noise, sample_window  # noqa: E402
+from teacher.released.hf_keys import prior_from_transformers_state_dict  # noqa: E402
 
 SR = 22050
 N_CTX = 256

@@ -22,12 +22,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from teacher.config import VQVAE_PRESETS, jukebox_vqvae
-from teacher.data import AudioDataset, DataConfig, compute_bandwidth
-from teacher.losses import sc_db, spectral_convergence
-from teacher.synth import SynthConfig, write_synth_dataset
+from teacher.data.dataset import AudioDataset, DataConfig, compute_bandwidth
+from teacher.data.synth import SynthConfig, write_synth_dataset
+from teacher.presets import VQVAE_PRESETS, jukebox_vqvae
 from teacher.train import TrainConfig, train_vqvae
 from teacher.vqvae import VQVAE
+from teacher.vqvae.losses import sc_db, spectral_convergence
 
 SR = 22050
 

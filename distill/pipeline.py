@@ -33,6 +33,7 @@ Results carry per-level wall time and the speculative counters (:class:`LevelSta
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -41,7 +42,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,16 +55,11 @@ from distill.speculative import (
 )
 from student.base import CONFIG_FILE, Student, load_student
 from teacher.config import ConfigError
-from teacher.generate import (
-    DEFAULT_CHUNK,
-    DEFAULT_TEMPERATURE,
-    ExactSampler,
-    GenerationResult,
-    Jukebox,
-    LevelSampler,
-    level_index,
-    level_name,
-)
+from teacher.generate.jukebox import Jukebox
+from teacher.generate.result import GenerationResult
+from teacher.generate.sampler import ExactSampler, LevelSampler
+from teacher.generate.windows import DEFAULT_CHUNK, DEFAULT_TEMPERATURE, PerLevel, per_level
+from teacher.levels import level_index, level_name
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +74,6 @@ EXPORT_DIR = "student"
 #: a student's window: unbounded (the windowing loop then gives it the whole level). A power
 #: of two, so any hop fraction 2^-k gives a hop that is a multiple of the upsampling ratio.
 WHOLE_SONG = 1 << 40
-
-PerLevel = float | Mapping[str | int, float] | Sequence[float] | None
-
 
 # ---------------------------------------------------------------------------------------------
 # parsing
@@ -528,8 +520,8 @@ class FastJukebox:
         student_chunk_size: int | None = None,
     ) -> dict[int, _Timed]:
         """A timed :class:`LevelSampler` per planned level (:meth:`plan`)."""
-        temps = _per_level(temperature, self.levels, DEFAULT_TEMPERATURE)
-        s_temps = _per_level(student_temperature, self.levels, None)
+        temps = per_level(temperature, self.levels, DEFAULT_TEMPERATURE)
+        s_temps = per_level(student_temperature, self.levels, None)
         out = {}
         for lv, m in plan.items():
             stats = LevelStats(self._name(lv), m)
@@ -557,181 +549,21 @@ class FastJukebox:
             out[lv] = _Timed(inner, stats)
         return out
 
-    # -- the three entry points -------------------------------------------------------------
+    # -- the three entry points: the teacher's, with a sampler per level --------------------
 
-    def generate(
-        self,
-        artist: str | None = None,
-        genre: str | Sequence[str] | None = None,
-        lyrics: str = "",
-        duration_seconds: float = 20.0,
-        n_samples: int = 1,
-        mode: str = "exact",
-        level_modes: str | Mapping[str | int, str] | None = None,
-        gamma: int = DEFAULT_GAMMA,
-        student_temperature: PerLevel = 1.0,
-        student_chunk_size: int | None = None,
-        temperature: PerLevel = None,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        seed: int | None = None,
-        levels: Sequence[str | int] = ("top", "middle", "bottom"),
-        progress: bool = True,
-        words: Sequence[Mapping[str, Any]] | None = None,
-        hop_fraction: PerLevel = None,
-        chunk_size: int | None = DEFAULT_CHUNK,
-    ) -> FastGenerationResult:
-        """Sample a song from nothing (:meth:`Jukebox.generate`) in ``mode``.
+    def generate(self, *args: Any, **kwargs: Any) -> FastGenerationResult:
+        """Sample a song from nothing in ``mode`` (module docs): the arguments of
+        :meth:`Jukebox.generate` plus the mode's (:meth:`_sample`)."""
+        return self._sample(self.jukebox.generate, args, kwargs)
 
-        Args:
-            mode: ``exact`` | ``accelerated`` | ``hybrid`` | ``speculative`` (module docs).
-            level_modes: per-level overrides (``"middle=exact,bottom=student"`` or a mapping);
-                required by ``hybrid``.
-            gamma: speculative drafts per teacher pass.
-            student_temperature: the students' temperature (one value or per level); 1.0
-                samples the distribution they were distilled to match.
-            student_chunk_size: :class:`StudentSampler`'s memory chunking (None: one call).
-            Other arguments as in :meth:`Jukebox.generate` (``temperature``, ``top_k``,
-            ``top_p`` are the teacher's, in exact and speculative levels alike).
-        """
-        run = self._runner(
-            mode,
-            level_modes,
-            levels,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            gamma=gamma,
-            student_temperature=student_temperature,
-            chunk_size=chunk_size,
-            student_chunk_size=student_chunk_size,
-        )
-        return run(
-            self.jukebox.generate,
-            artist=artist,
-            genre=genre,
-            lyrics=lyrics,
-            duration_seconds=duration_seconds,
-            n_samples=n_samples,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            levels=levels,
-            progress=progress,
-            words=words,
-            hop_fraction=hop_fraction,
-            chunk_size=chunk_size,
-        )
-
-    def generate_from_audio(
-        self,
-        prompt_audio: str | os.PathLike | Tensor | np.ndarray,
-        prompt_seconds: float | None = None,
-        artist: str | None = None,
-        genre: str | Sequence[str] | None = None,
-        lyrics: str = "",
-        duration_seconds: float = 20.0,
-        n_samples: int = 1,
-        mode: str = "exact",
-        level_modes: str | Mapping[str | int, str] | None = None,
-        gamma: int = DEFAULT_GAMMA,
-        student_temperature: PerLevel = 1.0,
-        student_chunk_size: int | None = None,
-        temperature: PerLevel = None,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        seed: int | None = None,
-        levels: Sequence[str | int] = ("top", "middle", "bottom"),
-        progress: bool = True,
-        words: Sequence[Mapping[str, Any]] | None = None,
-        hop_fraction: PerLevel = None,
-        chunk_size: int | None = DEFAULT_CHUNK,
-    ) -> FastGenerationResult:
+    def generate_from_audio(self, *args: Any, **kwargs: Any) -> FastGenerationResult:
         """Continue a prompt (:meth:`Jukebox.generate_from_audio`) in ``mode``: the prompt's
         codes are kept at every level, students included. Arguments as in :meth:`generate`."""
-        run = self._runner(
-            mode,
-            level_modes,
-            levels,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            gamma=gamma,
-            student_temperature=student_temperature,
-            chunk_size=chunk_size,
-            student_chunk_size=student_chunk_size,
-        )
-        return run(
-            self.jukebox.generate_from_audio,
-            prompt_audio,
-            prompt_seconds=prompt_seconds,
-            artist=artist,
-            genre=genre,
-            lyrics=lyrics,
-            duration_seconds=duration_seconds,
-            n_samples=n_samples,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            levels=levels,
-            progress=progress,
-            words=words,
-            hop_fraction=hop_fraction,
-            chunk_size=chunk_size,
-        )
+        return self._sample(self.jukebox.generate_from_audio, args, kwargs)
 
-    def upsample(
-        self,
-        codes: Tensor | Mapping[int | str, Tensor],
-        artist: str | None = None,
-        genre: str | Sequence[str] | None = None,
-        lyrics: str = "",
-        mode: str = "exact",
-        level_modes: str | Mapping[str | int, str] | None = None,
-        gamma: int = DEFAULT_GAMMA,
-        student_temperature: PerLevel = 1.0,
-        student_chunk_size: int | None = None,
-        temperature: PerLevel = None,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        seed: int | None = None,
-        levels: Sequence[str | int] = ("middle", "bottom"),
-        progress: bool = True,
-        words: Sequence[Mapping[str, Any]] | None = None,
-        hop_fraction: PerLevel = None,
-        chunk_size: int | None = DEFAULT_CHUNK,
-    ) -> FastGenerationResult:
+    def upsample(self, *args: Any, **kwargs: Any) -> FastGenerationResult:
         """Sample the levels below given upper codes (:meth:`Jukebox.upsample`) in ``mode``."""
-        run = self._runner(
-            mode,
-            level_modes,
-            levels,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            gamma=gamma,
-            student_temperature=student_temperature,
-            chunk_size=chunk_size,
-            student_chunk_size=student_chunk_size,
-        )
-        return run(
-            self.jukebox.upsample,
-            codes,
-            artist=artist,
-            genre=genre,
-            lyrics=lyrics,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            levels=levels,
-            progress=progress,
-            words=words,
-            hop_fraction=hop_fraction,
-            chunk_size=chunk_size,
-        )
+        return self._sample(self.jukebox.upsample, args, kwargs)
 
     @staticmethod
     def save(result: GenerationResult, out_dir: str | os.PathLike) -> list[Path]:
@@ -740,73 +572,96 @@ class FastJukebox:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _runner(
+    def _sample(
         self,
-        mode: str,
-        level_modes: str | Mapping[str | int, str] | None,
-        levels: Sequence[str | int],
-        *,
-        temperature: PerLevel,
-        top_k: int,
-        top_p: float,
-        gamma: int,
-        student_temperature: PerLevel,
-        chunk_size: int | None,
-        student_chunk_size: int | None,
-    ) -> Callable[..., FastGenerationResult]:
-        """Validate everything, build the samplers; return ``run(entry, *args, **kwargs)``."""
+        entry: Callable[..., GenerationResult],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        mode: str = "exact",
+        level_modes: str | Mapping[str | int, str] | None = None,
+        gamma: int = DEFAULT_GAMMA,
+        student_temperature: PerLevel = 1.0,
+        student_chunk_size: int | None = None,
+    ) -> FastGenerationResult:
+        """Run the teacher's ``entry`` with a sampler per level chosen by the mode.
+
+        The mode's keyword arguments (taken out of ``kwargs``):
+            mode: ``exact`` | ``accelerated`` | ``hybrid`` | ``speculative`` (module docs).
+            level_modes: per-level overrides (``"middle=exact,bottom=student"`` or a mapping);
+                required by ``hybrid``.
+            gamma: speculative drafts per teacher pass.
+            student_temperature: the students' temperature (one value or per level); 1.0
+                samples the distribution they were distilled to match.
+            student_chunk_size: :class:`StudentSampler`'s memory chunking (None: one call).
+
+        Everything else is ``entry``'s (``temperature``, ``top_k``, ``top_p`` are the
+        teacher's, in exact and speculative levels alike). Everything is validated and the
+        samplers are built before any sampling.
+        """
+        fast = dict(
+            mode=mode,
+            level_modes=level_modes,
+            gamma=gamma,
+            student_temperature=student_temperature,
+            student_chunk_size=student_chunk_size,
+        )
+        for key in fast:
+            if key in kwargs:
+                fast[key] = kwargs.pop(key)
+        mode, level_modes, gamma = fast["mode"], fast["level_modes"], fast["gamma"]
+        bound = inspect.signature(entry).bind(*args, **kwargs)
+        bound.apply_defaults()
+        teacher = bound.arguments
         if gamma < 1:
             raise ConfigError(f"gamma must be >= 1, got {gamma}")
-        plan = self.plan(mode, level_modes, levels)
+        plan = self.plan(mode, level_modes, teacher["levels"])
         samplers = self.samplers(
             plan,
-            temperature,
-            top_k,
-            top_p,
+            teacher["temperature"],
+            teacher["top_k"],
+            teacher["top_p"],
             gamma,
-            student_temperature,
-            chunk_size,
-            student_chunk_size,
+            fast["student_temperature"],
+            teacher["chunk_size"],
+            fast["student_chunk_size"],
         )
-        s_temps = _per_level(student_temperature, self.levels, None)
+        teacher["samplers"] = samplers
+        result = entry(*bound.args, **bound.kwargs)
 
-        def run(entry: Callable[..., GenerationResult], *args, **kwargs) -> FastGenerationResult:
-            result = entry(*args, samplers=samplers, **kwargs)
-            stats = {self._name(lv): s.stats for lv, s in samplers.items()}
-            info = {
-                **result.info,
-                "sampling_mode": mode,
-                "level_modes": {self._name(lv): m for lv, m in plan.items()},
-                "stats": {k: v.to_dict() for k, v in stats.items()},
+        s_temps = per_level(fast["student_temperature"], self.levels, None)
+        stats = {self._name(lv): s.stats for lv, s in samplers.items()}
+        info = {
+            **result.info,
+            "sampling_mode": mode,
+            "level_modes": {self._name(lv): m for lv, m in plan.items()},
+            "stats": {k: v.to_dict() for k, v in stats.items()},
+        }
+        if any(m != "exact" for m in plan.values()):
+            info["student_temperature"] = {
+                self._name(lv): s_temps[lv] for lv, m in plan.items() if m != "exact"
             }
-            if any(m != "exact" for m in plan.values()):
-                info["student_temperature"] = {
-                    self._name(lv): s_temps[lv] for lv, m in plan.items() if m != "exact"
-                }
-            if any(m == "speculative" for m in plan.values()):
-                info["gamma"] = gamma
-            for name, st in stats.items():
-                spec = ""
-                if st.speculative is not None:
-                    sp = st.speculative
-                    spec = (
-                        f", acceptance {sp.acceptance_rate:.3f}, "
-                        f"{sp.tokens_per_pass:.2f} tokens per teacher pass"
-                    )
-                log.info(
-                    "%s level (%s): %d codes in %.2f s (%.0f codes/s)%s",
-                    name,
-                    st.mode,
-                    st.codes,
-                    st.seconds,
-                    st.codes_per_second,
-                    spec,
+        if any(m == "speculative" for m in plan.values()):
+            info["gamma"] = gamma
+        for name, st in stats.items():
+            spec = ""
+            if st.speculative is not None:
+                sp = st.speculative
+                spec = (
+                    f", acceptance {sp.acceptance_rate:.3f}, "
+                    f"{sp.tokens_per_pass:.2f} tokens per teacher pass"
                 )
-            base = {f.name: getattr(result, f.name) for f in fields(GenerationResult)}
-            base["info"] = info
-            return FastGenerationResult(**base, stats=stats)
-
-        return run
+            log.info(
+                "%s level (%s): %d codes in %.2f s (%.0f codes/s)%s",
+                name,
+                st.mode,
+                st.codes,
+                st.seconds,
+                st.codes_per_second,
+                spec,
+            )
+        base = {f.name: getattr(result, f.name) for f in fields(GenerationResult)}
+        base["info"] = info
+        return FastGenerationResult(**base, stats=stats)
 
 
 def _student_folder(folder: Path) -> Path | None:
@@ -815,30 +670,6 @@ def _student_folder(folder: Path) -> Path | None:
         if (candidate / CONFIG_FILE).is_file():
             return candidate
     return None
-
-
-def _per_level(
-    value: PerLevel, levels: int, defaults: Mapping[str, float] | None
-) -> dict[int, float]:
-    """One value, a mapping by level name/index, or a sequence top-first -> level -> value
-    (the convention of :meth:`Jukebox.generate`'s ``temperature``); ``defaults`` by
-    ``"top"``/``"upsampler"`` (None: 1.0)."""
-    out = {
-        lv: 1.0 if defaults is None else defaults["top" if lv == levels - 1 else "upsampler"]
-        for lv in range(levels)
-    }
-    if value is None:
-        return out
-    if isinstance(value, int | float):
-        return dict.fromkeys(out, float(value))
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            out[level_index(k, levels)] = float(v)
-        return out
-    value = list(value)
-    if len(value) != levels:
-        raise ConfigError(f"give one value or {levels} (top first), got {value}")
-    return {levels - 1 - i: float(v) for i, v in enumerate(value)}
 
 
 __all__ = [

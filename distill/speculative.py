@@ -89,9 +89,9 @@ from torch import Tensor
 
 from student.base import Student, gumbel_noise
 from teacher.config import ConfigError
+from teacher.generate.sampler import filter_logits
 from teacher.prior.attention import AttnKind
 from teacher.prior.model import Prior
-from teacher.prior.sampling import filter_logits
 
 log = logging.getLogger(__name__)
 

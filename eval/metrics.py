@@ -42,7 +42,7 @@ from torch import Tensor
 from distill.losses import JUKEBOX_FFT_SIZES, JUKEBOX_HOP_SIZES, JUKEBOX_WIN_LENGTHS, reverse_kl
 from distill.losses import mrstft_loss as _mrstft_loss
 from student.base import autocast_off
-from teacher import losses as teacher_losses
+from teacher.vqvae import losses as teacher_losses
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def sc_db(ref: Tensor, est: Tensor, epsilon: float = 2e-3, floor: float = 1e-10)
     """Spectral convergence in decibels, ``20·log10(SC)``, per item: ``Tensor[B]``.
 
     ``SC = ‖|S(ref)| − |S(est)|‖_F / ‖|S(ref)|‖_F`` with Jukebox's STFT (n_fft 2048, hop 256,
-    window 1536; :func:`teacher.losses.spectral_convergence`). SC is an amplitude ratio, hence
+    window 1536; :func:`teacher.vqvae.losses.spectral_convergence`). SC is an amplitude ratio, hence
     20·log10 (the paper's table: bottom level about −21 to −23 dB; lower is better). A scaled
     copy ``a·ref`` scores ``20·log10|1 − a|``. Identical signals, and references whose spectrum
     norm is at most ``epsilon`` (near silence, which Jukebox masks to SC = 0), score the floor
@@ -332,7 +332,7 @@ def codebook_usage(codes: Tensor, l_bins: int) -> dict[str, float]:
     Returns ``{"used": codes seen at least once, "fraction": used / l_bins, "entropy": entropy
     of the code histogram in nats, "perplexity": exp(entropy)}`` — the effective number of
     codes: k for uniform use of k codes, 1 for a single code (histogram helpers of
-    :mod:`teacher.losses`).
+    :mod:`teacher.vqvae.losses`).
     """
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= l_bins):
         raise ValueError(f"codes must lie in [0, {l_bins})")

@@ -7,28 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from teacher.console import setup_logging
+
 log = logging.getLogger("fastjukebox")
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Rich console logging; quiet on non-main ranks of a distributed run."""
-    from rich.logging import RichHandler
-
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-    logging.basicConfig(
-        level=level if rank == 0 else logging.WARNING,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
-    # accelerate logs every file of every checkpoint at INFO
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,7 +45,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 def _run_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "synth":
-        from teacher.synth import SynthConfig, write_synth_dataset
+        from teacher.data.synth import SynthConfig, write_synth_dataset
 
         cfg = SynthConfig(
             n_songs=args.n_songs, seconds=args.seconds, sample_rate=args.sample_rate, seed=args.seed
@@ -68,12 +53,12 @@ def _run_data(args: argparse.Namespace) -> int:
         write_synth_dataset(args.out, cfg)  # logs its own summary
         return 0
     if args.data_cmd == "chorales":
-        from teacher.chorales import write_chorales
+        from teacher.data.chorales import write_chorales
 
         write_chorales(args.out, sample_rate=args.sample_rate, limit=args.limit)  # logs a summary
         return 0
     if args.data_cmd == "scan":
-        from teacher.data import DataConfig, scan_audio
+        from teacher.data.dataset import DataConfig, scan_audio
 
         cfg = DataConfig(
             root=args.data_dir,
@@ -91,7 +76,7 @@ def _run_data(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from teacher.train import PRIOR_HELP, add_prior_args, add_vqvae_args
+    from teacher.train.cli import PRIOR_HELP, add_prior_args, add_vqvae_args
 
     p = sub.add_parser(
         "train",
@@ -104,7 +89,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from teacher.train import run
+    from teacher.train.cli import run
 
     out = run(args)
     log.info("model written to %s", out)
@@ -126,9 +111,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
 def _run_reconstruct(args: argparse.Namespace) -> int:
     import torch
 
-    from teacher.audio import load_audio, write_wav
-    from teacher.losses import sc_db, spectral_convergence
+    from teacher.data.audio import load_audio, write_wav
     from teacher.vqvae import VQVAE
+    from teacher.vqvae.losses import sc_db, spectral_convergence
 
     model = VQVAE.from_pretrained(args.model).eval()
     cfg = model.cfg
@@ -228,7 +213,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     from distill.pipeline import FastJukebox, parse_students
     from distill.speculative import DEFAULT_GAMMA
     from teacher.config import ConfigError
-    from teacher.generate import level_index, load_lyrics
+    from teacher.generate.labels import load_lyrics
+    from teacher.levels import level_index
 
     if args.prompt is not None and args.codes is not None:
         raise ConfigError("--prompt (continue) and --codes (upsample) exclude each other")
@@ -330,7 +316,12 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from teacher.convert import ConvertError, convert_openai, convert_transformers, parse_size
+    from teacher.released.convert import (
+        ConvertError,
+        convert_openai,
+        convert_transformers,
+        parse_size,
+    )
 
     dtype = None if args.dtype == "keep" else getattr(torch, args.dtype)
     try:
@@ -452,9 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
-    from teacher.audio import AudioError
     from teacher.config import ConfigError
-    from teacher.data import DataError
+    from teacher.data.audio import AudioError
+    from teacher.data.dataset import DataError
 
     setup_logging()
     args = build_parser().parse_args(argv)

@@ -115,7 +115,7 @@ class Student(nn.Module):
     :class:`~student.gaussian.GaussianIAF`; :meth:`from_pretrained` on it rebuilds either.
 
     Inputs: ``upper LongTensor[B, T_up]`` codes of the level above, ``labels
-    LongTensor[B, >= 4 + max_genres]`` in the layout of :mod:`teacher.labels` (labelled students
+    LongTensor[B, >= 4 + max_genres]`` in the layout of :mod:`teacher.data.labels` (labelled students
     only; lyric tokens at the end are ignored). Windows have ``T = T_up · upsample_ratio``
     positions, any length.
     """

@@ -23,24 +23,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from teacher.config import ConfigError, load_config, save_config
-from teacher.prior.config import (
-    LabelConditionerConfig,
-    PriorConfig,
-    UpsamplerConditionerConfig,
-    small_upsampler,
-    tiny_upsampler,
-)
+from teacher.config import ConfigError, check, load_config, save_config
+from teacher.presets import small_upsampler, tiny_upsampler
+from teacher.prior.config import LabelConditionerConfig, PriorConfig, UpsamplerConditionerConfig
 
 FAMILIES = ("categorical", "gaussian")
 CODE_SPACES = ("vqvae", "teacher_head", "learned")
 GAUSSIAN_OBJECTIVES = ("calibrated", "mc")
 LOSS_NAMES = ("kl", "kl_intermediate", "mrstft", "power", "ce")
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -73,14 +63,14 @@ class StageConfig:
 
     def validate(self) -> StageConfig:
         """Raise :class:`ConfigError` on a bad field; return ``self``."""
-        _check(self.width >= 1 and self.depth >= 1, "stage width and depth must be >= 1")
-        _check(self.kernel_size >= 2, f"stage kernel_size must be >= 2, got {self.kernel_size}")
-        _check(self.dilation_growth_rate >= 1, "stage dilation_growth_rate must be >= 1")
-        _check(
+        check(self.width >= 1 and self.depth >= 1, "stage width and depth must be >= 1")
+        check(self.kernel_size >= 2, f"stage kernel_size must be >= 2, got {self.kernel_size}")
+        check(self.dilation_growth_rate >= 1, "stage dilation_growth_rate must be >= 1")
+        check(
             self.dilation_cycle is None or self.dilation_cycle >= 1,
             f"stage dilation_cycle must be None or >= 1, got {self.dilation_cycle}",
         )
-        _check(self.skip_width is None or self.skip_width >= 1, "stage skip_width must be >= 1")
+        check(self.skip_width is None or self.skip_width >= 1, "stage skip_width must be >= 1")
         return self
 
 
@@ -107,12 +97,12 @@ class GaussianConfig:
 
     def validate(self) -> GaussianConfig:
         """Raise :class:`ConfigError` on a bad field; return ``self``."""
-        _check(
+        check(
             self.code_space in CODE_SPACES,
             f"code_space must be one of {CODE_SPACES}, got {self.code_space!r}",
         )
-        _check(self.code_dim >= 1, f"code_dim must be >= 1, got {self.code_dim}")
-        _check(
+        check(self.code_dim >= 1, f"code_dim must be >= 1, got {self.code_dim}")
+        check(
             self.log_sigma_min < self.log_sigma_max,
             f"need log_sigma_min < log_sigma_max, got {self.log_sigma_min}, {self.log_sigma_max}",
         )
@@ -159,29 +149,29 @@ class LossConfig:
     def validate(self) -> LossConfig:
         """Raise :class:`ConfigError` on a bad field; return ``self``."""
         for name in LOSS_NAMES:
-            _check(getattr(self, name) >= 0, f"loss weight {name} must be >= 0")
-        _check(self.ce_warmup_steps >= 0, "ce_warmup_steps must be >= 0")
-        _check(self.tau > 0, f"tau must be positive, got {self.tau}")
-        _check(self.teacher_temperature > 0, "teacher_temperature must be positive")
-        _check(
+            check(getattr(self, name) >= 0, f"loss weight {name} must be >= 0")
+        check(self.ce_warmup_steps >= 0, "ce_warmup_steps must be >= 0")
+        check(self.tau > 0, f"tau must be positive, got {self.tau}")
+        check(self.teacher_temperature > 0, "teacher_temperature must be positive")
+        check(
             self.gaussian_objective in GAUSSIAN_OBJECTIVES,
             f"gaussian_objective must be one of {GAUSSIAN_OBJECTIVES}, "
             f"got {self.gaussian_objective!r}",
         )
-        _check(self.mc_bandwidth > 0, "mc_bandwidth must be positive")
-        _check(
+        check(self.mc_bandwidth > 0, "mc_bandwidth must be positive")
+        check(
             len(self.stft_fft_sizes) == len(self.stft_hop_sizes) == len(self.stft_win_lengths)
             and len(self.stft_fft_sizes) >= 1,
             "stft_fft_sizes, stft_hop_sizes and stft_win_lengths need the same (>= 1) length",
         )
-        _check(
+        check(
             all(
                 0 < h and 0 < w <= n
                 for n, h, w in zip(self.stft_fft_sizes, self.stft_hop_sizes, self.stft_win_lengths)
             ),
             "each STFT resolution needs hop > 0 and 0 < win <= n_fft",
         )
-        _check(self.power_n_fft >= 2, "power_n_fft must be >= 2")
+        check(self.power_n_fft >= 2, "power_n_fft must be >= 2")
         return self
 
 
@@ -248,38 +238,38 @@ class StudentConfig:
 
     def validate(self) -> StudentConfig:
         """Raise :class:`ConfigError` naming the first bad field; return ``self``."""
-        _check(self.family in FAMILIES, f"family must be one of {FAMILIES}, got {self.family!r}")
-        _check(
+        check(self.family in FAMILIES, f"family must be one of {FAMILIES}, got {self.family!r}")
+        check(
             len(self.downs_t) == len(self.strides_t) >= 2,
             "downs_t and strides_t need the same length, at least 2 levels",
         )
-        _check(all(d >= 1 for d in self.downs_t), f"downs_t must be >= 1, got {self.downs_t}")
-        _check(all(s >= 2 for s in self.strides_t), f"strides_t must be >= 2, got {self.strides_t}")
-        _check(
+        check(all(d >= 1 for d in self.downs_t), f"downs_t must be >= 1, got {self.downs_t}")
+        check(all(s >= 2 for s in self.strides_t), f"strides_t must be >= 2, got {self.strides_t}")
+        check(
             0 <= self.level < self.levels - 1,
             f"a student replaces an upsampler: level must be in [0, {self.levels - 1}), "
             f"got {self.level}",
         )
-        _check(self.l_bins >= 2, f"l_bins must be >= 2, got {self.l_bins}")
-        _check(self.cond_width >= 1, f"cond_width must be >= 1, got {self.cond_width}")
-        _check(self.sample_rate > 0, "sample_rate must be positive")
-        _check(self.n_stages >= 1, f"n_stages must be >= 1, got {self.n_stages}")
-        _check(self.init_scale > 0, "init_scale must be positive")
+        check(self.l_bins >= 2, f"l_bins must be >= 2, got {self.l_bins}")
+        check(self.cond_width >= 1, f"cond_width must be >= 1, got {self.cond_width}")
+        check(self.sample_rate > 0, "sample_rate must be positive")
+        check(self.n_stages >= 1, f"n_stages must be >= 1, got {self.n_stages}")
+        check(self.init_scale > 0, "init_scale must be positive")
         self.conditioner.validate()
         self.stage.validate()
         self.loss.validate()
         if self.labels is not None:
             self.labels.validate()
-            _check(
+            check(
                 not self.labels.include_timing,
                 "timing conditioning is for the top prior only: set labels.include_timing=False",
             )
         if self.family == "gaussian":
-            _check(self.gaussian is not None, "a gaussian student needs a GaussianConfig")
+            check(self.gaussian is not None, "a gaussian student needs a GaussianConfig")
             self.gaussian.validate()
-            _check(not self.share_stages, "share_stages is a categorical-student option")
+            check(not self.share_stages, "share_stages is a categorical-student option")
         else:
-            _check(self.gaussian is None, "a categorical student takes no GaussianConfig")
+            check(self.gaussian is None, "a categorical student takes no GaussianConfig")
         return self
 
     def check_teacher(self, prior_cfg: PriorConfig) -> None:
@@ -294,11 +284,11 @@ class StudentConfig:
             "conditioner": (self.conditioner, prior_cfg.conditioner),
         }
         for name, (mine, theirs) in pairs.items():
-            _check(mine == theirs, f"student {name} {mine} does not match the teacher's {theirs}")
+            check(mine == theirs, f"student {name} {mine} does not match the teacher's {theirs}")
         if self.labels is not None:
-            _check(prior_cfg.labels is not None, "a labelled student needs a labelled teacher")
+            check(prior_cfg.labels is not None, "a labelled student needs a labelled teacher")
             mine, theirs = self.labels, prior_cfg.labels
-            _check(
+            check(
                 (mine.artist_bins, mine.genre_bins, mine.max_genres)
                 == (theirs.artist_bins, theirs.genre_bins, theirs.max_genres),
                 f"student labels {mine} do not match the teacher's {theirs}",

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -279,6 +280,28 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def model_fingerprint(folder: str | os.PathLike) -> str:
+    """SHA-256 (hex, 16 chars) of a model folder's ``config.json`` and weight files (one
+    ``model.safetensors``, or the shards and their ``model.safetensors.index.json``): what a
+    prior's ``vqvae.json``, a student's ``teacher.json`` and the code cache record of the model
+    they were made with."""
+    folder = Path(folder)
+    files = [folder / "config.json"] + sorted(folder.glob("*.safetensors"))
+    index = folder / WEIGHTS_INDEX_FILE
+    if index.is_file():
+        files.append(index)
+    if len(files) == 1:
+        files.append(folder / WEIGHTS_FILE)
+    h = hashlib.sha256()
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a model folder (no {path.name})")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 
 from fastjukebox.cli import main
-from teacher.config import tiny_vqvae
+from teacher.presets import tiny_vqvae
 from teacher.vqvae import VQVAE
 
 

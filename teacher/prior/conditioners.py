@@ -27,9 +27,9 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from teacher.modules import ResConv1DBlock, resnet_dilations
 from teacher.prior.attention import LayerNorm
 from teacher.prior.config import LabelConditionerConfig, UpsamplerConditionerConfig
+from teacher.vqvae.modules import ResConv1DBlock, resnet_dilations
 
 
 class SimpleEmbedding(nn.Module):

@@ -30,15 +30,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from teacher.config import ConfigError, load_config, save_config
+from teacher.config import ConfigError, check, load_config, save_config
 from teacher.prior.transformer import TransformerConfig
 
 LYRIC_STYLES = ("single", "encoder")
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -62,11 +57,11 @@ class LabelConditionerConfig:
 
     def validate(self) -> LabelConditionerConfig:
         """Raise :class:`ConfigError` on a bad field; return ``self``."""
-        _check(self.artist_bins >= 1, f"artist_bins must be >= 1, got {self.artist_bins}")
-        _check(self.genre_bins >= 1, f"genre_bins must be >= 1, got {self.genre_bins}")
-        _check(self.max_genres >= 1, f"max_genres must be >= 1, got {self.max_genres}")
-        _check(self.t_bins >= 1, f"t_bins must be >= 1, got {self.t_bins}")
-        _check(
+        check(self.artist_bins >= 1, f"artist_bins must be >= 1, got {self.artist_bins}")
+        check(self.genre_bins >= 1, f"genre_bins must be >= 1, got {self.genre_bins}")
+        check(self.max_genres >= 1, f"max_genres must be >= 1, got {self.max_genres}")
+        check(self.t_bins >= 1, f"t_bins must be >= 1, got {self.t_bins}")
+        check(
             0.0 <= self.min_duration < self.max_duration,
             f"need 0 <= min_duration < max_duration, got {self.min_duration}, {self.max_duration}",
         )
@@ -94,13 +89,13 @@ class UpsamplerConditionerConfig:
 
     def validate(self) -> UpsamplerConditionerConfig:
         """Raise :class:`ConfigError` on a bad field; return ``self``."""
-        _check(self.width >= 1 and self.depth >= 1, "conditioner width and depth must be >= 1")
-        _check(
+        check(self.width >= 1 and self.depth >= 1, "conditioner width and depth must be >= 1")
+        check(
             self.m_conv > 0 and int(self.m_conv * self.width) >= 1,
             f"conditioner m_conv must give a residual width >= 1, got {self.m_conv}",
         )
-        _check(self.dilation_growth_rate >= 1, "conditioner dilation_growth_rate must be >= 1")
-        _check(
+        check(self.dilation_growth_rate >= 1, "conditioner dilation_growth_rate must be >= 1")
+        check(
             self.dilation_cycle is None or self.dilation_cycle >= 1,
             f"conditioner dilation_cycle must be None or >= 1, got {self.dilation_cycle}",
         )
@@ -112,7 +107,7 @@ class LyricsConfig:
     """Lyrics conditioning of a top prior (see the module docstring for the two styles).
 
     ``n_tokens`` lyric characters per window (384 for 1b_lyrics, 512 for 5b_lyrics); ``n_vocab``
-    the character vocabulary with ``<unk>`` (79 for v3, 80 for v2, see ``teacher/text.py``).
+    the character vocabulary with ``<unk>`` (79 for v3, 80 for v2, see ``teacher/data/text.py``).
     ``loss_fraction`` weights the lyric term (Jukebox ``prime_loss_fraction``, HF
     ``encoder_loss_fraction``). ``encoder`` is the lyrics transformer of the encoder style
     (Jukebox ``prime_*``: 5b_lyrics width 1280, depth 18, heads 4, attn_order 2, blocks 32,
@@ -131,28 +126,28 @@ class LyricsConfig:
 
     def validate(self) -> LyricsConfig:
         """Raise :class:`ConfigError` on a bad field; return ``self``."""
-        _check(
+        check(
             self.style in LYRIC_STYLES,
             f"lyrics style must be one of {LYRIC_STYLES}, got {self.style!r}",
         )
-        _check(self.n_tokens >= 1, f"lyrics n_tokens must be >= 1, got {self.n_tokens}")
-        _check(self.n_vocab >= 2, f"lyrics n_vocab must be >= 2, got {self.n_vocab}")
-        _check(self.loss_fraction >= 0, f"loss_fraction must be >= 0, got {self.loss_fraction}")
-        _check(0.0 <= self.emb_dropout < 1.0, "lyrics emb_dropout must be in [0, 1)")
+        check(self.n_tokens >= 1, f"lyrics n_tokens must be >= 1, got {self.n_tokens}")
+        check(self.n_vocab >= 2, f"lyrics n_vocab must be >= 2, got {self.n_vocab}")
+        check(self.loss_fraction >= 0, f"loss_fraction must be >= 0, got {self.loss_fraction}")
+        check(0.0 <= self.emb_dropout < 1.0, "lyrics emb_dropout must be in [0, 1)")
         if self.style == "encoder":
-            _check(self.encoder is not None, "encoder-style lyrics need an encoder config")
+            check(self.encoder is not None, "encoder-style lyrics need an encoder config")
             self.encoder.validate()
-            _check(
+            check(
                 self.encoder.n_ctx == self.n_tokens,
                 f"the lyric encoder's n_ctx ({self.encoder.n_ctx}) must equal n_tokens "
                 f"({self.n_tokens})",
             )
-            _check(
+            check(
                 self.encoder.encoder_dims is None,
                 "the lyric encoder cannot itself cross-attend (encoder.encoder_dims must be None)",
             )
         else:
-            _check(self.encoder is None, "single-style lyrics have no separate encoder")
+            check(self.encoder is None, "single-style lyrics have no separate encoder")
         return self
 
 
@@ -258,42 +253,42 @@ class PriorConfig:
 
     def validate(self) -> PriorConfig:
         """Raise :class:`ConfigError` naming the first bad field; return ``self``."""
-        _check(len(self.downs_t) >= 1, "downs_t must not be empty")
-        _check(
+        check(len(self.downs_t) >= 1, "downs_t must not be empty")
+        check(
             len(self.strides_t) == len(self.downs_t),
             f"strides_t {self.strides_t} and downs_t {self.downs_t} must have the same length",
         )
-        _check(all(d >= 1 for d in self.downs_t), f"downs_t must be >= 1, got {self.downs_t}")
-        _check(all(s >= 2 for s in self.strides_t), f"strides_t must be >= 2, got {self.strides_t}")
-        _check(
+        check(all(d >= 1 for d in self.downs_t), f"downs_t must be >= 1, got {self.downs_t}")
+        check(all(s >= 2 for s in self.strides_t), f"strides_t must be >= 2, got {self.strides_t}")
+        check(
             0 <= self.level < self.levels,
             f"level must be in [0, {self.levels}), got {self.level}",
         )
-        _check(self.sample_rate > 0, "sample_rate must be positive")
-        _check(self.l_bins >= 2, f"l_bins must be >= 2, got {self.l_bins}")
-        _check(self.n_ctx >= 1, f"n_ctx must be >= 1, got {self.n_ctx}")
-        _check(0.0 <= self.emb_dropout < 1.0, "emb_dropout must be in [0, 1)")
+        check(self.sample_rate > 0, "sample_rate must be positive")
+        check(self.l_bins >= 2, f"l_bins must be >= 2, got {self.l_bins}")
+        check(self.n_ctx >= 1, f"n_ctx must be >= 1, got {self.n_ctx}")
+        check(0.0 <= self.emb_dropout < 1.0, "emb_dropout must be in [0, 1)")
         tr = self.transformer
         tr.validate()
 
         if self.is_upsampler:
-            _check(
+            check(
                 self.conditioner is not None,
                 f"level {self.level} is below the top ({self.levels - 1}): an upsampler needs a "
                 "conditioner config",
             )
             self.conditioner.validate()
-            _check(
+            check(
                 self.n_ctx % self.upsample_ratio == 0,
                 f"n_ctx ({self.n_ctx}) must be a multiple of the upsampling ratio "
                 f"{self.upsample_ratio}",
             )
         else:
-            _check(self.conditioner is None, "the top prior has no upper-level conditioner")
+            check(self.conditioner is None, "the top prior has no upper-level conditioner")
 
         if self.labels is not None:
             self.labels.validate()
-            _check(
+            check(
                 not (self.labels.include_timing and self.is_upsampler),
                 "timing conditioning is for the top prior only (Jukebox adds it where there is "
                 "no upper-level conditioner): set labels.include_timing=False",
@@ -301,37 +296,37 @@ class PriorConfig:
 
         if self.lyrics is not None:
             self.lyrics.validate()
-            _check(
+            check(
                 self.labels is not None,
                 "lyrics need labels: the lyric window travels at the end of the label vector",
             )
         n = self.n_tokens
         if self.single_sequence:
-            _check(
+            check(
                 tr.n_ctx == self.n_ctx + n,
                 f"single-style lyrics: transformer.n_ctx ({tr.n_ctx}) must be n_ctx + n_tokens "
                 f"({self.n_ctx} + {n})",
             )
-            _check(
+            check(
                 tr.prime_len == n,
                 f"single-style lyrics: transformer.prime_len ({tr.prime_len}) must equal "
                 f"n_tokens ({n})",
             )
-            _check(tr.encoder_dims is None, "single-style lyrics have no cross-attention")
+            check(tr.encoder_dims is None, "single-style lyrics have no cross-attention")
         else:
-            _check(
+            check(
                 tr.n_ctx == self.n_ctx,
                 f"transformer.n_ctx ({tr.n_ctx}) must equal n_ctx ({self.n_ctx})",
             )
-            _check(tr.prime_len is None, "prime attention needs single-style lyrics")
+            check(tr.prime_len is None, "prime attention needs single-style lyrics")
             if self.lyrics is not None:  # encoder style
-                _check(
+                check(
                     tr.encoder_dims == n,
                     f"encoder-style lyrics: transformer.encoder_dims ({tr.encoder_dims}) must "
                     f"equal n_tokens ({n})",
                 )
             else:
-                _check(tr.encoder_dims is None, "cross-attention needs encoder-style lyrics")
+                check(tr.encoder_dims is None, "cross-attention needs encoder-style lyrics")
         return self
 
 
@@ -349,173 +344,6 @@ def load_prior_config(path: str) -> PriorConfig:
     return load_config(PriorConfig, path).validate()
 
 
-# ---------------------------------------------------------------------------------------------
-# presets: plain functions. Tiny ones for tests, small ones for the CPU demo (VQ-VAE hops
-# 8/32/128 as in teacher.config.small_vqvae / tiny_vqvae).
-
-
-def tiny_top_prior(lyrics: str | None = "single", timing: bool = True) -> PriorConfig:
-    """A seconds-to-run labelled top prior for tests (tiny_vqvae geometry, 8 kHz, 32 bins).
-
-    ``lyrics="single"``: 1b-style, attn_order 12 at depth 16 (prime layer at 15);
-    ``"encoder"``: 5b-style, attn_order 10 at depth 19 (cross-attention at 18) with a 2-layer
-    lyric encoder; ``None``: no lyrics, attn_order 2 at depth 3.
-    """
-    n_ctx, n_tokens, width = 32, 16, 32
-    lyr: LyricsConfig | None = None
-    if lyrics == "single":
-        tr = TransformerConfig(
-            width=width,
-            depth=16,
-            heads=2,
-            n_ctx=n_ctx + n_tokens,
-            attn_order=12,
-            blocks=4,
-            prime_len=n_tokens,
-        )
-        lyr = LyricsConfig(style="single", n_tokens=n_tokens, n_vocab=79)
-    elif lyrics == "encoder":
-        tr = TransformerConfig(
-            width=width,
-            depth=19,
-            heads=2,
-            n_ctx=n_ctx,
-            attn_order=10,
-            blocks=4,
-            encoder_dims=n_tokens,
-        )
-        enc = TransformerConfig(width=24, depth=2, heads=2, n_ctx=n_tokens, attn_order=2, blocks=4)
-        lyr = LyricsConfig(style="encoder", n_tokens=n_tokens, n_vocab=80, encoder=enc)
-    elif lyrics is None:
-        tr = TransformerConfig(width=width, depth=3, heads=2, n_ctx=n_ctx, attn_order=2, blocks=4)
-    else:
-        raise ConfigError(f"lyrics must be 'single', 'encoder' or None, got {lyrics!r}")
-    return PriorConfig(
-        level=2,
-        n_ctx=n_ctx,
-        transformer=tr,
-        l_bins=32,
-        sample_rate=8000,
-        labels=LabelConditionerConfig(
-            artist_bins=6,
-            genre_bins=5,
-            max_genres=2,
-            include_timing=timing,
-            t_bins=16,
-            min_duration=0.25,
-            max_duration=30.0,
-        ),
-        lyrics=lyr,
-    ).validate()
-
-
-def tiny_upsampler(level: int = 1, labels: bool = True) -> PriorConfig:
-    """A seconds-to-run upsampler for tests: attn_order 2, depth 3, conditioner width 8."""
-    n_ctx = 32
-    return PriorConfig(
-        level=level,
-        n_ctx=n_ctx,
-        transformer=TransformerConfig(
-            width=32, depth=3, heads=1, n_ctx=n_ctx, attn_order=2, blocks=4
-        ),
-        l_bins=32,
-        sample_rate=8000,
-        labels=LabelConditionerConfig(
-            artist_bins=6, genre_bins=5, max_genres=2, include_timing=False
-        )
-        if labels
-        else None,
-        conditioner=UpsamplerConditionerConfig(
-            width=8, depth=2, dilation_growth_rate=3, dilation_cycle=2, res_scale=level == 1
-        ),
-    ).validate()
-
-
-def small_top_prior(
-    n_artists: int = 1,
-    n_genres: int = 1,
-    max_genres: int = 1,
-    sample_rate: int = 22050,
-    n_tokens: int = 0,
-    n_vocab: int = 79,
-) -> PriorConfig:
-    """The demo's top prior (small_vqvae: 256 bins, hop 128): width 256, depth 8, 512 codes,
-    labelled with timing.
-
-    ``n_artists``/``n_genres`` are the label vocabulary sizes (``Vocab.n_artists``/``n_genres``).
-    ``n_tokens > 0`` adds encoder-style lyrics (a 2-layer width-128 lyric encoder) with
-    cross-attention every 4th layer (attn_order 6, the reference's ``[1, 2, 3, 6]`` cycle): at
-    depth 8 neither released lyric pattern has a lyric layer (attn_order 12's first prime layer
-    is layer 15, attn_order 10's first cross-attention layer 18). ``n_vocab``: 79 for v3
-    lyrics, 80 for v2.
-    """
-    n_ctx = 512
-    lyrics = None
-    attn_order, encoder_dims = 2, None
-    if n_tokens:
-        enc = TransformerConfig(
-            width=128, depth=2, heads=2, n_ctx=n_tokens, attn_order=0, init_scale=0.7
-        )
-        lyrics = LyricsConfig(style="encoder", n_tokens=n_tokens, n_vocab=n_vocab, encoder=enc)
-        attn_order, encoder_dims = 6, n_tokens
-    return PriorConfig(
-        level=2,
-        n_ctx=n_ctx,
-        transformer=TransformerConfig(
-            width=256,
-            depth=8,
-            heads=2,
-            n_ctx=n_ctx,
-            attn_order=attn_order,
-            blocks=16,
-            init_scale=0.7,
-            encoder_dims=encoder_dims,
-        ),
-        l_bins=256,
-        sample_rate=sample_rate,
-        labels=LabelConditionerConfig(
-            artist_bins=n_artists,
-            genre_bins=n_genres,
-            max_genres=max_genres,
-            include_timing=True,
-            t_bins=64,
-            min_duration=0.0,
-            max_duration=600.0,
-        ),
-        lyrics=lyrics,
-    ).validate()
-
-
-def small_upsampler(
-    level: int,
-    n_artists: int = 1,
-    n_genres: int = 1,
-    max_genres: int = 1,
-    sample_rate: int = 22050,
-) -> PriorConfig:
-    """The demo's upsamplers (small_vqvae geometry): width 128, depth 6, 512 codes per window,
-    conditioner width 64, depth 4 (growth 3, cycle 4)."""
-    n_ctx = 512
-    return PriorConfig(
-        level=level,
-        n_ctx=n_ctx,
-        transformer=TransformerConfig(
-            width=128, depth=6, heads=1, n_ctx=n_ctx, attn_order=2, blocks=16, init_scale=0.7
-        ),
-        l_bins=256,
-        sample_rate=sample_rate,
-        labels=LabelConditionerConfig(
-            artist_bins=n_artists,
-            genre_bins=n_genres,
-            max_genres=max_genres,
-            include_timing=False,
-        ),
-        conditioner=UpsamplerConditionerConfig(
-            width=64, depth=4, dilation_growth_rate=3, dilation_cycle=4, res_scale=level == 1
-        ),
-    ).validate()
-
-
 __all__ = [
     "LYRIC_STYLES",
     "LabelConditionerConfig",
@@ -524,8 +352,4 @@ __all__ = [
     "UpsamplerConditionerConfig",
     "load_prior_config",
     "save_prior_config",
-    "small_top_prior",
-    "small_upsampler",
-    "tiny_top_prior",
-    "tiny_upsampler",
 ]

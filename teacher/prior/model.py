@@ -50,7 +50,7 @@ class Conditioning:
     """Everything a prior conditions on, computed once by :meth:`Prior.condition`.
 
     Reused by teacher-forced scoring (:meth:`Prior.logits`) and sampling
-    (:func:`teacher.prior.sampling.sample_window`). ``S`` is the transformer's sequence
+    (:func:`teacher.generate.sampler.sample_window`). ``S`` is the transformer's sequence
     (``n_tokens + T`` for single-style lyrics, ``T`` otherwise).
 
     Attributes:
@@ -208,7 +208,7 @@ class Prior(nn.Module):
     """A Jukebox prior built from a :class:`PriorConfig` (kept as ``self.cfg``).
 
     Inputs: ``codes`` ``LongTensor[B, T]`` (``T <= n_ctx``) of this level; ``labels``
-    ``LongTensor[B, 4 + G + n_tokens]`` in the layout of :mod:`teacher.labels` (labelled priors;
+    ``LongTensor[B, 4 + G + n_tokens]`` in the layout of :mod:`teacher.data.labels` (labelled priors;
     the lyric window at the end for lyric priors); ``upper`` ``LongTensor[B, T_up]`` codes of the
     level above over the same span, ``T_up · ratio >= T`` (upsamplers).
     """
@@ -337,7 +337,7 @@ class Prior(nn.Module):
         fp32; row t is ``log p(z_t | z_<t, ·)`` up to a constant.
 
         For single-style lyrics these are the music positions' logits restricted to the music
-        vocabulary (the distribution :func:`~teacher.prior.sampling.sample_window` draws from).
+        vocabulary (the distribution :func:`~teacher.generate.sampler.sample_window` draws from).
         """
         if cond is None:
             cond = self.condition(labels, upper)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from teacher.config import ConfigError
+from teacher.config import check
 from teacher.prior.attention import (
     ATTN_ORDERS,
     BLOCKED_KINDS,
@@ -53,11 +53,6 @@ __all__ = [
     "TransformerConfig",
     "attention_kind",
 ]
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -116,36 +111,36 @@ class TransformerConfig:
     def validate(self) -> TransformerConfig:
         """Raise :class:`ConfigError` naming the first bad field; return ``self``."""
         for name in ("width", "depth", "heads", "n_ctx"):
-            _check(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
-        _check(self.attn_order in ATTN_ORDERS, f"attn_order {self.attn_order} not in {ATTN_ORDERS}")
-        _check(self.n_state > 0, f"m_attn * width = {self.n_state} must be positive")
-        _check(self.n_mlp > 0, f"m_mlp * width = {self.n_mlp} must be positive")
-        _check(
+            check(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        check(self.attn_order in ATTN_ORDERS, f"attn_order {self.attn_order} not in {ATTN_ORDERS}")
+        check(self.n_state > 0, f"m_attn * width = {self.n_state} must be positive")
+        check(self.n_mlp > 0, f"m_mlp * width = {self.n_mlp} must be positive")
+        check(
             self.n_state % self.heads == 0,
             f"attention width {self.n_state} is not a multiple of heads {self.heads}",
         )
-        _check(self.init_scale > 0, f"init_scale must be positive, got {self.init_scale}")
+        check(self.init_scale > 0, f"init_scale must be positive, got {self.init_scale}")
         for name in ("attn_dropout", "resid_dropout"):
-            _check(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1)")
+            check(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1)")
         kinds = set(self.kinds)
         if kinds & BLOCKED_KINDS or self.blocks is not None:
-            _check(
+            check(
                 self.blocks is not None and self.blocks > 0 and self.n_ctx % self.blocks == 0,
                 f"blocks={self.blocks} must divide n_ctx={self.n_ctx} for kinds "
                 f"{sorted(k.name for k in kinds & BLOCKED_KINDS)}",
             )
         if AttnKind.SUMMARY_SPREAD in kinds:
-            _check(
+            check(
                 self.spread is not None and 0 < self.spread <= self.n_ctx // self.blocks,
                 f"spread={self.spread} must be in [1, block_ctx] for SUMMARY_SPREAD",
             )
         if AttnKind.PRIME in kinds:
-            _check(
+            check(
                 self.prime_len is not None and self.prime_len >= 0,
                 "attn_order with PRIME layers needs prime_len >= 0",
             )
         if AttnKind.CROSS in kinds:
-            _check(
+            check(
                 self.encoder_dims is not None and self.encoder_dims > 0,
                 "attn_order with CROSS layers needs encoder_dims > 0",
             )

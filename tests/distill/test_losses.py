@@ -22,7 +22,7 @@ from distill.losses import (
 )
 from student import CategoricalIAF, GaussianIAF, tiny_student
 from student.base import StudentSample, straight_through_onehot
-from teacher.config import tiny_vqvae
+from teacher.presets import tiny_vqvae
 from teacher.vqvae import VQVAE
 
 

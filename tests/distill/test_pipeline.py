@@ -22,10 +22,10 @@ from distill.pipeline import (
 from distill.speculative import SpeculativeSampler, student_sample
 from student.base import Student
 from student.config import tiny_student
-from teacher.config import ConfigError, tiny_vqvae
-from teacher.generate import Jukebox
-from teacher.labels import Vocab
-from teacher.prior.config import tiny_top_prior, tiny_upsampler
+from teacher.config import ConfigError
+from teacher.data.labels import Vocab
+from teacher.generate.jukebox import Jukebox
+from teacher.presets import tiny_top_prior, tiny_upsampler, tiny_vqvae
 from teacher.prior.model import Prior
 from teacher.vqvae import VQVAE
 

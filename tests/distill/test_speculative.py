@@ -25,8 +25,9 @@ from distill.speculative import (
 from student.base import Student
 from student.config import StageConfig, student_config_for
 from teacher.config import ConfigError
-from teacher.generate import ExactSampler
-from teacher.prior.config import PriorConfig, UpsamplerConditionerConfig, tiny_top_prior
+from teacher.generate.sampler import ExactSampler
+from teacher.presets import tiny_top_prior
+from teacher.prior.config import PriorConfig, UpsamplerConditionerConfig
 from teacher.prior.model import Prior
 from teacher.prior.transformer import TransformerConfig
 

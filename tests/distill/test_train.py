@@ -17,22 +17,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.train import (
-    DEFAULT_WEIGHTS,
-    EMA,
-    DistillConfig,
-    build_parser,
-    decode_codes,
-    decode_straight_through,
-    distill_step,
-    load_teacher,
-    model_fingerprint,
-    run,
-    step_generator,
-    student_config_from_preset,
-)
+from distill.config import DEFAULT_WEIGHTS, DistillConfig, student_config_from_preset
+from distill.step import decode_codes, decode_straight_through, distill_step, step_generator
+from distill.teacher import load_teacher
+from distill.train import build_parser, run
 from teacher.config import ConfigError
-from teacher.io import STATE_FILE, read_json
+from teacher.io import STATE_FILE, model_fingerprint, read_json
+from teacher.train.loop import EMA
 
 SR = 8000
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +71,7 @@ def _state(out: Path, step: int) -> dict:
 def setup(tmp_path_factory) -> dict[str, Path]:
     """Synth songs at 8 kHz, a tiny VQ-VAE trained 150 steps and a tiny middle upsampler
     trained 300 steps on its codes (~25 s), laid out as a teacher folder."""
-    from teacher.synth import ARTISTS, GENRES, SynthConfig, write_synth_dataset
+    from teacher.data.synth import ARTISTS, GENRES, SynthConfig, write_synth_dataset
 
     base = tmp_path_factory.mktemp("distill")
     data = base / "data"
@@ -303,8 +294,8 @@ def test_gaussian_students_and_the_optional_terms(setup, tmp_path):
 
 def test_step_gradients_reach_the_student_only(setup):
     from student import CategoricalIAF
-    from teacher.codes import CodeCache, CodeDataset
-    from teacher.labels import LabelConfig
+    from teacher.data.codes import CodeCache, CodeDataset
+    from teacher.data.labels import LabelConfig
 
     teacher = load_teacher(setup["teacher"], 1)
     dcfg = DistillConfig(level=1, preset="tiny", weights={"power": 0.1})

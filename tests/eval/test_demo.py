@@ -32,7 +32,7 @@ from eval.demo import (
 )
 from eval.demo import main as demo_main
 from teacher.config import ConfigError
-from teacher.data import DataError
+from teacher.data.dataset import DataError
 
 
 def _mtimes(root: Path) -> dict[str, int]:
@@ -52,7 +52,7 @@ def smoke(tmp_path_factory):
 
 def test_smoke_demo_runs_every_stage_and_its_products_load(smoke):
     from student import load_student
-    from teacher.generate import Jukebox
+    from teacher.generate.jukebox import Jukebox
 
     out = smoke.out
     assert [s.name for s in smoke.stages] == list(STAGES)

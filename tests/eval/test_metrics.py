@@ -11,8 +11,7 @@ import torch
 
 from distill.losses import mrstft_loss
 from eval import metrics
-from teacher.config import tiny_vqvae
-from teacher.prior.config import tiny_upsampler
+from teacher.presets import tiny_upsampler, tiny_vqvae
 from teacher.prior.model import Prior
 from teacher.vqvae import VQVAE
 

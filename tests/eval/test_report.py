@@ -24,27 +24,20 @@ import pytest
 import soundfile as sf
 import torch
 
-from eval.evaluate import (
-    add_eval_args,
-    attention_alignment,
-    evaluate,
-    lyric_layer,
-    pca_2d,
-    run_eval,
-    score_windows,
-    tsne_2d,
-)
-from eval.report import fmt
+from eval.alignment import attention_alignment, lyric_layer
+from eval.clips import score_windows
+from eval.embeddings import pca_2d, tsne_2d
+from eval.evaluate import add_eval_args, evaluate, run_eval
+from eval.tables import fmt
 from student.base import Student
 from student.config import tiny_student
-from teacher import losses
-from teacher.config import ConfigError, tiny_vqvae
-from teacher.labels import Vocab
+from teacher.config import ConfigError
+from teacher.data.labels import Vocab
+from teacher.data.synth import SynthConfig, write_synth_dataset
+from teacher.presets import tiny_top_prior, tiny_upsampler, tiny_vqvae
 from teacher.prior.attention import AttnKind
-from teacher.prior.config import tiny_top_prior, tiny_upsampler
 from teacher.prior.model import Prior
-from teacher.synth import SynthConfig, write_synth_dataset
-from teacher.vqvae import VQVAE
+from teacher.vqvae import VQVAE, losses
 
 SR = 8000
 MODES = ("exact", "accelerated", "hybrid", "speculative")
@@ -315,7 +308,8 @@ def test_markdown_and_html_show_the_headline_numbers(report):
 
 def test_a_bare_result_still_writes_a_valid_report(tmp_path):
     """No students, no modes, no top prior: the sections left say so; metrics.json comes last."""
-    from eval.report import EvalResult, write_report
+    from eval.report import write_report
+    from eval.results import EvalResult
 
     x = 0.1 * np.sin(np.arange(2048) / 5.0).astype(np.float32)
     result = EvalResult(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eval import speed
-from teacher.config import tiny_vqvae
+from teacher.presets import tiny_vqvae
 
 
 def test_measure_sleep():

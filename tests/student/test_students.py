@@ -28,7 +28,7 @@ from student.config import (
 )
 from student.layers import AffineARFlow, CausalConv1d, CausalStack, shift_right
 from teacher.config import ConfigError
-from teacher.prior.config import tiny_upsampler
+from teacher.presets import tiny_upsampler
 from teacher.prior.model import Prior
 
 FAMILIES = ("categorical", "gaussian")
@@ -136,7 +136,7 @@ def test_check_teacher_mismatch():
     with pytest.raises(ConfigError, match="labelled teacher"):
         Student.from_teacher(Prior(tiny_upsampler(1, labels=False)), tiny_student(1))
     with pytest.raises(ConfigError, match="upsamplers"):
-        from teacher.prior.config import tiny_top_prior
+        from teacher.presets import tiny_top_prior
 
         student_config_for(tiny_top_prior(None))
 

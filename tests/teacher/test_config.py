@@ -4,16 +4,10 @@ import dataclasses
 
 import pytest
 
-from teacher.config import (
-    Bandwidth,
-    ConfigError,
-    VQVAEConfig,
-    jukebox_vqvae,
-    load_config,
-    save_config,
-    tiny_vqvae,
-)
-from teacher.train import TrainConfig, lr_lambda
+from teacher.config import ConfigError, load_config, save_config
+from teacher.presets import jukebox_vqvae, tiny_vqvae
+from teacher.train.loop import TrainConfig, lr_lambda
+from teacher.vqvae.config import Bandwidth, VQVAEConfig
 
 
 def test_released_vqvae_hops():

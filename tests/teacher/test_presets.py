@@ -9,20 +9,19 @@ models built from the presets, a closed-form count written here from the release
 import pytest
 import torch
 
-from teacher.config import ConfigError, jukebox_vqvae
+from teacher.config import ConfigError
+from teacher.levels import LEVEL_NAMES
 from teacher.presets import (
-    LEVEL_NAMES,
     MODELS,
-    format_memory_table,
+    jukebox_vqvae,
     label_version,
-    memory_table,
     model_configs,
-    parameter_count,
     prior_1b_lyrics,
     prior_5b,
     prior_5b_lyrics,
     upsampler,
 )
+from teacher.released.memory import format_memory_table, memory_table, parameter_count
 
 # ---------------------------------------------------------------------------------------------
 # closed-form counts from the released hparams
@@ -244,7 +243,7 @@ def test_models_and_label_versions():
         assert cfgs.vocab_version(0) == cfgs.vocab_version(1) == "v2"
     assert label_version(prior_1b_lyrics()) == "v3"
     assert label_version(prior_5b()) == label_version(prior_5b_lyrics()) == "v2"
-    assert LEVEL_NAMES == {0: "bottom", 1: "middle", 2: "top"}
+    assert dict(enumerate(LEVEL_NAMES)) == {0: "bottom", 1: "middle", 2: "top"}
     with pytest.raises(ConfigError, match="unknown Jukebox model"):
         model_configs("10b")
 

@@ -1,0 +1,81 @@
+"""The one-command demo: data -> VQ-VAE -> three priors -> four students -> samples -> report.
+
+This module is its command line (``fastjukebox demo`` and ``python -m eval.demo``): the flags
+(:func:`add_demo_args`), the :class:`~eval.demo.recipe.DemoConfig` they make and :func:`main`.
+(The line above is ``--help``'s description.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from eval.demo.recipe import PRESETS, DemoConfig
+from eval.demo.runner import DemoResult, run_demo
+from teacher.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    """The flags of ``fastjukebox demo``."""
+    d = DemoConfig()
+    p.add_argument("--out", default=d.out, help="the demo folder (re-running on it resumes)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=d.minutes,
+        help="wall-clock budget the training steps are sized for (2-core CPU measurements)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="your own audio folder (+ metadata.jsonl/.csv) instead of the built-in synth songs",
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=d.preset,
+        help="demo: small models (~15 min on 2 CPU cores); smoke: tiny models (seconds)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: all cores; 1 on a machine other jobs share)",
+    )
+    p.add_argument("--no_progress", action="store_true", help="no stage headers or bars")
+
+
+def demo_config_from_args(args: argparse.Namespace) -> DemoConfig:
+    return DemoConfig(
+        out=args.out,
+        minutes=args.minutes,
+        data=args.data,
+        seed=args.seed,
+        preset=args.preset,
+        threads=args.threads,
+    ).validate()
+
+
+def run_from_args(args: argparse.Namespace) -> DemoResult:
+    """Run the demo from parsed :func:`add_demo_args` flags."""
+    return run_demo(demo_config_from_args(args), progress=not args.no_progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from teacher.console import setup_logging
+    from teacher.data.dataset import DataError
+
+    setup_logging()
+    p = argparse.ArgumentParser(prog="python -m eval.demo", description=__doc__.splitlines()[0])
+    add_demo_args(p)
+    try:
+        res = run_from_args(p.parse_args(argv))
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+    log.info("demo finished in %.1f min: samples in %s", res.seconds / 60, res.out / "samples")
+    return 0

@@ -1,0 +1,202 @@
+"""Running the demo: :func:`run_demo` checks the ``OUT`` folder, plans the steps, runs every
+stage of :class:`~eval.demo.stages.Demo` in order, records each in ``OUT/demo.json`` and
+returns a :class:`DemoResult`; :func:`summary_table` is its closing table of stage times.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eval.demo.recipe import (
+    DEMO_FILE,
+    RECIPES,
+    SAMPLE_MODES,
+    STAGES,
+    DemoConfig,
+    planned_seconds,
+)
+from eval.demo.stages import Demo, StageResult, recipe_key
+from teacher.config import ConfigError
+from teacher.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+
+class DemoError(ConfigError):
+    """The demo cannot run as asked (e.g. ``OUT`` holds another recipe's demo)."""
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` did and where everything is.
+
+    Attributes:
+        out: the demo folder.
+        config: the :class:`DemoConfig`.
+        steps: run -> optimiser steps (:func:`plan_steps`).
+        stages: one :class:`StageResult` per stage, in order.
+        teacher_dir: ``OUT/teacher`` (``Jukebox.from_pretrained`` / ``FastJukebox``).
+        students_dir: ``OUT/students`` (``<family>/<level>`` student folders).
+        samples: mode -> its ``GenerationResult.save`` folder.
+        report_dir: ``OUT/report`` when a report was written.
+        data_dir, heldout_dir: the training audio and the held-out audio.
+        seconds: wall time of this call.
+    """
+
+    out: Path
+    config: DemoConfig
+    steps: dict[str, int]
+    stages: list[StageResult]
+    teacher_dir: Path
+    students_dir: Path
+    samples: dict[str, Path]
+    report_dir: Path | None
+    data_dir: Path
+    heldout_dir: Path
+    seconds: float
+
+    def stage(self, name: str) -> StageResult:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def statuses(self) -> dict[str, str]:
+        """Stage name -> status."""
+        return {s.name: s.status for s in self.stages}
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True) -> DemoResult:
+    """Run (or resume) the demo recipe of ``cfg`` into ``cfg.out``; see the module docs.
+
+    ``progress``: a stage header before each stage and a final summary table of stage times on
+    the console (rich); the trainers and the samplers draw their own bars (the trainers always
+    do on the main process). Everything is also logged and recorded in ``OUT/demo.json``.
+    """
+    cfg = cfg.validate()
+    if cfg.threads is None:
+        return _run_demo(cfg, progress)
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run_demo(cfg, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(cfg: DemoConfig, progress: bool) -> DemoResult:
+    recipe = RECIPES[cfg.preset]
+    out = Path(cfg.out)
+    t_start = time.perf_counter()
+    _check_out_folder(out, cfg)
+    demo = Demo(cfg, recipe, out, progress)
+    demo.preflight()  # every data error before any training
+    steps = demo.steps
+    est = planned_seconds(steps, recipe)
+    console = demo.console
+    if console is not None:
+        console.rule(f"[bold]fastjukebox demo[/] ({cfg.preset} preset) into {out}")
+        console.print(
+            f"budget {cfg.minutes:g} min; planned ~{sum(est.values()) / 60:.1f} min on a 2-core "
+            "CPU; steps: " + ", ".join(f"{r} {n}" for r, n in steps.items())
+        )
+    record = demo.load_record()
+    results: list[StageResult] = []
+    for i, stage in enumerate(STAGES):
+        if console is not None:
+            console.rule(
+                f"[bold cyan]stage {i + 1}/{len(STAGES)}: {stage}[/]  (~{est[stage]:.0f} s)"
+            )
+        log.info("demo stage %d/%d: %s", i + 1, len(STAGES), stage)
+        t0 = time.perf_counter()
+        res = getattr(demo, f"stage_{stage}")()
+        res.seconds = time.perf_counter() - t0
+        results.append(res)
+        log.info("demo stage %s %s in %.1f s%s", stage, res.status, res.seconds, _suffix(res.note))
+        record["stages"][stage] = res.to_dict()
+        record["planned_seconds"] = est
+        atomic_write_json(out / DEMO_FILE, record)
+    total = time.perf_counter() - t_start
+    record["seconds"] = total
+    record.setdefault("history", []).append(
+        {"time": time.time(), "seconds": total, "statuses": {r.name: r.status for r in results}}
+    )
+    atomic_write_json(out / DEMO_FILE, record)
+    if console is not None:
+        console.print(summary_table(results, est, total))
+    report = out / "report"
+    return DemoResult(
+        out=out,
+        config=cfg,
+        steps=steps,
+        stages=results,
+        teacher_dir=out / "teacher",
+        students_dir=out / "students",
+        samples={m: out / "samples" / m for m in SAMPLE_MODES},
+        report_dir=report if (report / "metrics.json").is_file() else None,
+        data_dir=demo.data_dir,
+        heldout_dir=demo.heldout_dir,
+        seconds=total,
+    )
+
+
+def summary_table(results: list[StageResult], planned: Mapping[str, float], total: float) -> Any:
+    """A rich table: stage, status, steps, planned and measured seconds."""
+    from rich.table import Table
+
+    table = Table(title=f"demo stages ({total / 60:.1f} min)")
+    for col, justify in (
+        ("stage", "left"),
+        ("status", "left"),
+        ("steps", "right"),
+        ("planned s", "right"),
+        ("wall s", "right"),
+        ("note", "left"),
+    ):
+        table.add_column(col, justify=justify)
+    for r in results:
+        table.add_row(
+            r.name,
+            r.status,
+            "" if r.steps is None else str(r.steps),
+            f"{planned.get(r.name, 0.0):.0f}",
+            f"{r.seconds:.1f}",
+            r.note,
+        )
+    table.add_row("total", "", "", f"{sum(planned.values()):.0f}", f"{total:.1f}", "")
+    return table
+
+
+def _suffix(note: str) -> str:
+    return f" ({note})" if note else ""
+
+
+def _check_out_folder(out: Path, cfg: DemoConfig) -> None:
+    path = out / DEMO_FILE
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"--out {out} exists and is not a folder")
+    if not path.is_file():
+        return
+    try:
+        saved = read_json(path).get("recipe", {})
+    except (OSError, ValueError) as err:
+        raise DemoError(f"{path} is unreadable ({err}); delete it or use another --out") from err
+    want = recipe_key(cfg)
+    diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
+    if diff:
+        what = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in diff.items())
+        raise DemoError(
+            f"{out} holds a demo made with {what}: use another --out, or delete {out} to start over"
+        )

@@ -1,0 +1,390 @@
+"""Sampling one window of a Jukebox prior with a preallocated KV cache (paper §4.3).
+
+:func:`sample_window` is Jukebox's ``primed_sample`` for one window of at most ``n_ctx`` codes:
+the forced part (the lyric window for single-style lyric priors, then any prefix of codes) is
+run through the transformer in chunks, one forward per chunk into the cache; the remaining
+codes are drawn one step at a time. Each step embeds one token and reads only the cache.
+
+At sampling sizes a step is a few dozen tiny kernels, so the per-op overhead, not arithmetic,
+is the cost (``benchmarks/bench_sampling.py`` profiles it). The step loop therefore:
+
+* runs under ``torch.inference_mode`` (no autograd bookkeeping on any op);
+* adds the per-step inputs (position embedding + per-position conditioning) once before the
+  loop and takes one view per position up front;
+* calls each block's lean ``step`` directly (no module dispatch, no per-call checks);
+* draws by Gumbel-max on noise drawn in blocks of :data:`NOISE_BLOCK` steps:
+  ``argmax(logits / τ + g) = argmax(logits + τ·g)`` with ``g = -log(-log U)`` is an exact
+  draw from ``softmax(logits / τ)`` (Gumbel 1954; the trick ``torch.multinomial`` itself uses,
+  but with one vectorised draw per 64 steps instead of a slow per-step one), and
+  ``addmm(τ·g, h, Wᵀ)`` computes logits and noise in one kernel against a contiguous
+  transposed head;
+* writes tokens into a preallocated ``(T, B)`` buffer (no ``torch.cat`` per step) and never
+  syncs with the host (no ``.item()``).
+
+Random draws, for anyone reproducing a run: per call, the noise of steps ``[i, i + 64)`` is
+one ``torch.rand((min(64, n_new - i), B, l_bins), generator=generator)``, step ``i + j``
+using row ``j``; ``U = 0`` gives ``g = -inf`` (that code is skipped, probability 2^-24).
+
+:func:`filter_logits` is the reference's top-k / nucleus filter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from teacher.generate.windows import DEFAULT_CHUNK
+from teacher.prior.model import Conditioning, Prior
+
+log = logging.getLogger(__name__)
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 0.0) -> Tensor:
+    """Top-k and/or nucleus filtering of ``Tensor[..., V]`` logits (``-inf`` where removed).
+
+    Reference semantics (``jukebox/transformer/ops.py``): top-k keeps every logit ``>=`` the
+    k-th largest (ties at the threshold survive); top-p keeps the smallest prefix of the sorted
+    distribution whose probability reaches ``top_p``, i.e. a token is removed when the
+    cumulative probability *before* it already exceeds ``top_p`` — the most likely token always
+    stays. Returns a new tensor.
+    """
+    if top_k < 0 or not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"need top_k >= 0 and 0 <= top_p <= 1, got {top_k}, {top_p}")
+    logits = logits.clone()
+    top_k = min(top_k, logits.shape[-1])
+    if top_k > 0:
+        threshold = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    if top_p > 0.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = torch.cumsum(F.softmax(sorted_logits.float(), dim=-1), dim=-1)
+        remove = cumulative > top_p
+        # shift right: keep the first token that crosses the threshold (and always the top one)
+        remove = torch.cat([torch.zeros_like(remove[..., :1]), remove[..., :-1]], dim=-1)
+        remove = torch.zeros_like(remove).scatter(-1, order, remove)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+StepHook = Callable[[int, Tensor], None]
+
+#: steps of Gumbel noise drawn at once (the draw order is part of the reproducibility contract)
+NOISE_BLOCK = 64
+
+
+def gumbel_noise(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Standard Gumbel noise ``-log(-log U)``, ``U ~ Uniform[0, 1)``, fp32 ``Tensor[shape]``.
+
+    ``argmax(logits + g)`` over the last axis is then a draw from ``softmax(logits)``.
+    """
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+    return u.log_().neg_().log_().neg_()
+
+
+def sample_window(
+    prior: Prior,
+    n_samples: int,
+    cond: Conditioning,
+    length: int,
+    prefix: Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    chunk_size: int | None = None,
+    on_logits: StepHook | None = None,
+) -> Tensor:
+    """Draw ``LongTensor[B, length]`` codes of one window, ``B = n_samples``.
+
+    Args:
+        prior: an eval-mode :class:`Prior` (dropout would break the cache's equivalence).
+        n_samples: B.
+        cond: from ``prior.condition(labels, upper)``, batch 1 or B; its per-position
+            conditioning must cover ``length`` positions.
+        length: codes in the window, ``<= n_ctx``.
+        prefix: ``LongTensor[B, T0]`` codes to continue (``T0 < length``); returned unchanged.
+        temperature: logits are divided by it (Jukebox samples at 0.98-0.99).
+        top_k, top_p: :func:`filter_logits` after the temperature.
+        generator: the random source of the draws (on the model's device); see the module
+            docs for the draw order.
+        progress: called as ``progress(done, total)`` after each sampled code.
+        chunk_size: positions per forward while priming the forced part (None: one forward).
+        on_logits: test/inspection hook, called as ``on_logits(t, logits)`` with the fp32
+            ``Tensor[B, l_bins]`` logits of code t before temperature and filtering; they equal
+            row t of ``prior.logits`` of the returned codes.
+
+    For single-style lyric priors the lyric window is the forced start of the sequence and the
+    draws are restricted to the music vocabulary (the reference draws from the joint vocabulary
+    and maps a drawn lyric token to code 0; a trained model puts ~no mass there).
+
+    The result is an ordinary tensor (it may feed a training step), although the sampling
+    itself runs under ``torch.inference_mode``.
+    """
+    cfg = prior.cfg
+    if prior.training:
+        raise RuntimeError("call prior.eval() before sampling: dropout breaks the KV cache")
+    if not 1 <= length <= cfg.n_ctx:
+        raise ValueError(f"length must be in [1, n_ctx={cfg.n_ctx}], got {length}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if top_k < 0 or not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"need top_k >= 0 and 0 <= top_p <= 1, got {top_k}, {top_p}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    cond = cond.expand(n_samples)
+    if prefix is not None:
+        if prefix.dim() != 2 or prefix.shape[0] != n_samples:
+            raise ValueError(f"prefix must be (n_samples, T0), got {tuple(prefix.shape)}")
+        if prefix.shape[1] >= length:
+            raise ValueError(f"prefix ({prefix.shape[1]} codes) must be shorter than {length}")
+        if prefix.numel() and not bool(((prefix >= 0) & (prefix < cfg.l_bins)).all()):
+            raise ValueError(f"prefix codes must be in [0, {cfg.l_bins})")
+    n_lyr = cfg.n_tokens if cfg.single_sequence else 0
+    x_cond = cond.x_cond
+    if x_cond is not None and x_cond.shape[1] < n_lyr + length:
+        raise ValueError(
+            f"the conditioning covers {x_cond.shape[1]} positions, need {n_lyr + length}"
+        )
+    with torch.inference_mode():
+        music = _sample(
+            prior,
+            n_samples,
+            cond,
+            length,
+            prefix,
+            temperature,
+            top_k,
+            top_p,
+            generator,
+            progress,
+            chunk_size,
+            on_logits,
+        )
+    # a normal tensor again (inference tensors cannot be saved for backward)
+    return music.t().clone()
+
+
+def _sample(
+    prior: Prior,
+    n: int,
+    cond: Conditioning,
+    length: int,
+    prefix: Tensor | None,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+    progress: Callable[[int, int], None] | None,
+    chunk_size: int | None,
+    on_logits: StepHook | None,
+) -> Tensor:
+    """The body of :func:`sample_window` -> music codes ``LongTensor[length, B]``."""
+    cfg = prior.cfg
+    core = prior.prior
+    n_lyr = cfg.n_tokens if cfg.single_sequence else 0
+    shift = cfg.vocab_offset
+    total = n_lyr + length  # transformer positions to fill
+    weight = core.x_emb.weight
+    device, dtype = weight.device, weight.dtype
+
+    # music codes, one contiguous row per position: rows are embedded and written per step
+    music = torch.zeros(length, n, dtype=torch.long, device=device)
+    n_prefix = 0 if prefix is None else prefix.shape[1]
+    if n_prefix:
+        music[:n_prefix] = prefix.to(device).t()
+    n_forced = n_lyr + n_prefix
+
+    # per-position additive inputs, once: pos_emb (+ x_cond); x_cond again after the stack
+    x_cond = None if cond.x_cond is None else cond.x_cond[:, :total].to(dtype)
+    add = core.pos_emb()[:total].unsqueeze(0)
+    add = add + x_cond if x_cond is not None else add.expand(n, -1, -1).contiguous()
+    out_cond = x_cond if core.add_cond_after_transformer else None
+    start = core.start_embedding(cond.start, n).to(dtype)
+    encoder_kv = cond.encoder_kv
+    transformer = core.transformer
+    cache = transformer.new_cache(n, device=device, dtype=dtype)
+
+    # 1) prime: positions 0 .. n_forced-1 (inputs: start, forced tokens 0 .. n_forced-2)
+    if n_forced:
+        seq = music[:n_prefix].t() + shift
+        if n_lyr:
+            seq = torch.cat([cond.lyrics.to(device), seq], dim=1)
+        chunk = chunk_size or n_forced
+        for lo in range(0, n_forced, chunk):
+            hi = min(lo + chunk, n_forced)
+            x = _inputs(core, seq, start, lo, hi) + add[:, lo:hi]
+            transformer(x, encoder_kv=encoder_kv, cache=cache)
+
+    # 2) draw positions n_forced .. total-1, one step each
+    n_new = total - n_forced
+    adds = add.unbind(1)  # per-position (B, D) views, taken once
+    outs = out_cond.unbind(1) if out_cond is not None else None
+    steps = [
+        (_block_step(block), layer) for block, layer in zip(transformer._attn_mods, cache.layers)
+    ]
+    emb_music = weight[shift:]  # music rows of the input embedding
+    head = core.x_out.weight[shift:].float()  # (l_bins, D), music rows only
+    head_t = head.t().contiguous()  # (D, l_bins): a plain GEMV, ~2x faster than F.linear here
+    filtering = (0 < top_k < cfg.l_bins) or top_p > 0.0
+    fused = not filtering and on_logits is None  # logits + τ·g in one addmm
+    start2d = start[:, 0]
+    lyric_last = cond.lyrics[:, -1].to(device) if n_lyr else None
+    rows = music.unbind(0)
+    noise = None
+    for i, p in enumerate(range(n_forced, total)):
+        j = i % NOISE_BLOCK
+        if j == 0:
+            noise = gumbel_noise((min(NOISE_BLOCK, n_new - i), n, cfg.l_bins), generator, device)
+            if fused and temperature != 1.0:
+                noise.mul_(temperature)
+        t = p - n_lyr  # music position
+        if p == 0:
+            x = start2d + adds[0]
+        elif t == 0:  # the first code follows the last lyric token
+            x = F.embedding(lyric_last, weight) + adds[p]
+        else:
+            x = F.embedding(rows[t - 1], emb_music) + adds[p]
+        for block, layer in steps:
+            x = block(x, encoder_kv, layer, p)
+        if outs is not None:
+            x = x + outs[p]
+        if fused:
+            z = torch.addmm(noise[j], x.float(), head_t)
+        else:
+            z = torch.mm(x.float(), head_t)
+            if on_logits is not None:
+                on_logits(t, z)
+            if temperature != 1.0:
+                z = z / temperature
+            if filtering:
+                z = filter_logits(z, top_k, top_p)
+            z = z + noise[j]
+        torch.argmax(z, dim=-1, out=rows[t])
+        if progress is not None:
+            progress(i + 1, n_new)
+    cache.position = total
+    return music
+
+
+def _block_step(block) -> Callable[[Tensor, Tensor | None, object, int], Tensor]:
+    """``block.step`` with its parameters looked up once, not per token.
+
+    ``nn.Module`` attribute access for parameters and submodules goes through
+    ``Module.__getattr__`` (~0.3 us each, ~25 per block step), a third of a small block's step
+    time. The maths mirrors :meth:`ResAttnBlock.step` op for op (so results are bitwise equal;
+    the step-vs-teacher-forcing tests guard it); other dtypes use ``block.step`` itself.
+    """
+    ln0, ln1, attn, mlp = block.ln_0, block.ln_1, block.attn, block.mlp
+    if block.training or any(t.dtype != torch.float32 for t in block.parameters()):
+        return block.step
+    attn_step = attn.step
+    s0, w0, b0, e0 = ln0.normalized_shape, ln0.weight, ln0.bias, ln0.eps
+    s1, w1, b1, e1 = ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps
+    pb, pw = attn.c_proj.b, attn.c_proj.w
+    fb, fw = mlp.c_fc.b, mlp.c_fc.w
+    mb, mw = mlp.c_proj.b, mlp.c_proj.w
+    rs = block.res_scale
+    layer_norm, addmm, sigmoid = torch.layer_norm, torch.addmm, torch.sigmoid
+
+    def step(x: Tensor, encoder_kv: Tensor | None, layer: object, p: int) -> Tensor:
+        a = addmm(pb, attn_step(layer_norm(x, s0, w0, b0, e0), encoder_kv, layer, p), pw)
+        xa = x + a
+        h = addmm(fb, layer_norm(xa, s1, w1, b1, e1), fw)
+        m = addmm(mb, h * sigmoid(1.702 * h), mw)
+        if rs == 1.0:
+            return xa + m
+        return x + rs * (a + m)
+
+    return step
+
+
+def _inputs(core, seq: Tensor, start: Tensor, lo: int, hi: int) -> Tensor:
+    """Token inputs of positions ``lo .. hi-1``: the start embedding at 0, else the embedding
+    of the previous token -> Tensor[B, hi - lo, D]."""
+    if lo == 0:
+        return torch.cat([start, core.x_emb(seq[:, : hi - 1])], dim=1)
+    return core.x_emb(seq[:, lo - 1 : hi - 1])
+
+
+__all__ = ["NOISE_BLOCK", "StepHook", "filter_logits", "gumbel_noise", "sample_window"]
+
+
+# ---------------------------------------------------------------------------------------------
+# a level's sampler, as the song loop sees it
+
+
+@runtime_checkable
+class LevelSampler(Protocol):
+    """What the windowing loop needs from a level's sampler (exact teacher or a student).
+
+    ``n_ctx`` is its window in codes. ``sample_window`` returns ``LongTensor[B, length]`` whose
+    first ``prefix.shape[1]`` codes are ``prefix`` (``LongTensor[B, T0]``, T0 may be 0), given
+    the window's label vectors ``labels`` (``LongTensor[B, Y]`` or None) and, below the top,
+    the upper level's codes over the same span ``upper`` (``LongTensor[B, length / ratio]``).
+    ``progress(done, total)`` is called as codes are drawn.
+    """
+
+    n_ctx: int
+
+    def sample_window(
+        self,
+        length: int,
+        prefix: Tensor,
+        labels: Tensor | None,
+        upper: Tensor | None,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Tensor: ...
+
+
+class ExactSampler:
+    """The teacher's autoregressive sampler (:func:`sample_window`): ``--mode exact``."""
+
+    def __init__(
+        self,
+        prior: Prior,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        chunk_size: int | None = DEFAULT_CHUNK,
+    ) -> None:
+        self.prior = prior
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        self.chunk_size = chunk_size
+        self.n_ctx = prior.cfg.n_ctx
+
+    def sample_window(
+        self,
+        length: int,
+        prefix: Tensor,
+        labels: Tensor | None,
+        upper: Tensor | None,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
+        """See :class:`LevelSampler`."""
+        with torch.no_grad():
+            cond = self.prior.condition(labels, upper)
+        return sample_window(
+            self.prior,
+            prefix.shape[0],
+            cond,
+            length,
+            prefix=prefix if prefix.shape[1] else None,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            generator=generator,
+            progress=progress,
+            chunk_size=self.chunk_size,
+        )

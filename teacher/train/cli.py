@@ -1,0 +1,246 @@
+"""Command line of the teacher trainers: ``python -m teacher.train vqvae|prior ...`` (also under
+``accelerate launch``) and ``fastjukebox train``. Flag names follow the diffusers training
+scripts so a user's muscle memory works (``--output_dir``, ``--train_batch_size``,
+``--max_train_steps``, ``--checkpointing_steps``, ``--resume_from_checkpoint latest``, ...).
+
+Output folder::
+
+    OUTPUT_DIR/
+      model/                 exported model (config.json + model.safetensors), refreshed at
+                             every checkpoint and at the end
+      checkpoints/checkpoint-STEP/
+                             accelerate state (model/optimizer/scheduler/RNG, weights_only
+                             loadable) + model/ + state.json (written last; marks it complete)
+      metrics.jsonl          one JSON line per logged step
+      train_args.json        the run configuration (+ for priors the data summary: files,
+                             files without metadata, lyric characters transliterated/dropped)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from teacher.config import ConfigError, load_config
+from teacher.console import setup_logging
+from teacher.levels import level_index
+from teacher.presets import PRIOR_PRESETS, VQVAE_PRESETS, prior_preset
+from teacher.train.loop import LR_SCHEDULERS, MIXED_PRECISION, REPORT_TO, TrainConfig
+from teacher.train.prior import train_prior
+from teacher.train.vqvae import train_vqvae
+from teacher.vqvae.config import VQVAEConfig
+
+log = logging.getLogger(__name__)
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """The run flags every trainer shares (diffusers names and meanings)."""
+    d = TrainConfig(output_dir="")
+    p.add_argument("--output_dir", required=True, help="where checkpoints and the model go")
+    p.add_argument("--train_batch_size", type=int, default=d.train_batch_size)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=d.gradient_accumulation_steps)
+    p.add_argument("--learning_rate", type=float, default=d.learning_rate)
+    p.add_argument("--adam_beta1", type=float, default=d.adam_beta1)
+    p.add_argument("--adam_beta2", type=float, default=d.adam_beta2)
+    p.add_argument("--adam_weight_decay", type=float, default=d.adam_weight_decay)
+    p.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=d.lr_scheduler)
+    p.add_argument("--lr_warmup_steps", type=int, default=d.lr_warmup_steps)
+    p.add_argument("--max_train_steps", type=int, default=d.max_train_steps)
+    p.add_argument("--checkpointing_steps", type=int, default=d.checkpointing_steps)
+    p.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=d.checkpoints_total_limit,
+        help="keep at most this many checkpoints (0 keeps all)",
+    )
+    p.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help='"latest" (fresh start when there is none) or a checkpoint folder',
+    )
+    p.add_argument("--mixed_precision", choices=MIXED_PRECISION, default=d.mixed_precision)
+    p.add_argument("--max_grad_norm", type=float, default=d.max_grad_norm)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--dataloader_num_workers", type=int, default=d.dataloader_num_workers)
+    p.add_argument("--logging_steps", type=int, default=d.logging_steps)
+    p.add_argument("--report_to", choices=REPORT_TO, default=d.report_to)
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def add_vqvae_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data_dir", required=True, help="folder of audio files (+ metadata)")
+    p.add_argument("--metadata", default=None, help="metadata JSONL/CSV (default: in data_dir)")
+    p.add_argument(
+        "--preset", choices=sorted(VQVAE_PRESETS), default="small", help="VQ-VAE size preset"
+    )
+    p.add_argument("--sample_rate", type=int, default=None, help="override the preset's rate")
+    p.add_argument(
+        "--sample_length", type=int, default=None, help="crop in samples (multiple of top hop)"
+    )
+    p.add_argument("--l_bins", type=int, default=None, help="codebook size override")
+    p.add_argument("--no_aug_blend", action="store_true", help="fixed 0.5 stereo downmix")
+    p.add_argument(
+        "--data_cache",
+        choices=("decoded", "none"),
+        default="decoded",
+        help="decode each file once into a memory-mapped cache (fastest) or seek every crop",
+    )
+    p.add_argument("--cache_dir", default=None, help="decoded cache folder (default ~/.cache)")
+    add_train_args(p)
+
+
+def vqvae_configs_from_args(args: argparse.Namespace) -> tuple[VQVAEConfig, Any, TrainConfig]:
+    """Build (model, data, run) configs from parsed ``train vqvae`` arguments."""
+    from teacher.data.dataset import DataConfig
+
+    model_cfg = VQVAE_PRESETS[args.preset]()
+    overrides = {
+        k: getattr(args, k)
+        for k in ("sample_rate", "sample_length", "l_bins")
+        if getattr(args, k) is not None
+    }
+    model_cfg = dataclasses.replace(model_cfg, **overrides).validate()
+    data_cfg = DataConfig(
+        root=args.data_dir,
+        metadata=args.metadata,
+        sample_rate=model_cfg.sample_rate,
+        sample_length=model_cfg.sample_length,
+        aug_blend=not args.no_aug_blend,
+        cache=args.data_cache,
+        cache_dir=args.cache_dir,
+        seed=args.seed,
+    )
+    return model_cfg, data_cfg, train_config_from_args(args)
+
+
+PRIOR_HELP = (
+    "train one prior (top, middle or bottom) on the codes of a trained VQ-VAE "
+    "(default --codes cache: the files are encoded once into a code cache, the faster way)"
+)
+
+
+def add_prior_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``train prior`` (shared by ``python -m teacher.train`` and ``fastjukebox``)."""
+    from teacher.data.codes import CODES_MODES, DEFAULT_CODES_MODE
+
+    p.add_argument(
+        "--level", required=True, help="top, middle or bottom (or a level index, 0 = bottom)"
+    )
+    p.add_argument("--vqvae", required=True, help="trained VQ-VAE folder (frozen; gives the codes)")
+    p.add_argument("--data_dir", required=True, help="folder of audio files (+ metadata)")
+    p.add_argument("--metadata", default=None, help="metadata JSONL/CSV (default: in data_dir)")
+    p.add_argument(
+        "--preset",
+        choices=PRIOR_PRESETS,
+        default="small",
+        help="prior size preset; the level decides the conditioning (top: labels + timing "
+        "+ lyrics when --n_tokens > 0; upsamplers: upper codes + artist/genre labels)",
+    )
+    p.add_argument("--n_ctx", type=int, default=None, help="codes per window (preset default)")
+    p.add_argument(
+        "--n_tokens",
+        type=int,
+        default=None,
+        help="lyric characters per window, top prior only; 0 = no lyrics (preset default)",
+    )
+    p.add_argument("--lyric_version", choices=("v2", "v3"), default="v3")
+    p.add_argument(
+        "--codes",
+        choices=CODES_MODES,
+        default=DEFAULT_CODES_MODE,
+        help="'cache' (default; measured faster on CPU by benchmarks/bench_codes.py): encode "
+        "every file once into a code cache and train on windows of it; 'on_the_fly': encode "
+        "each crop with the VQ-VAE inside every step (keeps the random stereo blend)",
+    )
+    p.add_argument(
+        "--code_cache_dir",
+        default=None,
+        help="code cache folder (default: <cache_dir>/codes/<fingerprint> or "
+        "~/.cache/fastjukebox/codes/<fingerprint>); rebuilt only when the VQ-VAE or the "
+        "audio changes",
+    )
+    p.add_argument("--no_aug_blend", action="store_true", help="fixed 0.5 stereo downmix")
+    p.add_argument(
+        "--data_cache",
+        choices=("decoded", "none"),
+        default="decoded",
+        help="decode each audio file once into a memory-mapped cache or seek every crop",
+    )
+    p.add_argument("--cache_dir", default=None, help="decoded audio cache folder")
+    add_train_args(p)
+
+
+def prior_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`train_prior` from parsed ``train prior`` arguments."""
+    from teacher.data.dataset import DataConfig
+    from teacher.data.labels import LabelConfig
+
+    vq_path = Path(args.vqvae)
+    if not (vq_path / "config.json").is_file():
+        raise FileNotFoundError(f"--vqvae {vq_path} is not a VQ-VAE folder (no config.json)")
+    vq_cfg = load_config(VQVAEConfig, str(vq_path / "config.json"))
+    level = level_index(args.level, vq_cfg.levels)
+    prior_cfg = prior_preset(
+        args.preset, level, vq_cfg, args.n_ctx, args.n_tokens, args.lyric_version
+    )
+    data_cfg = DataConfig(
+        root=args.data_dir,
+        metadata=args.metadata,
+        sample_rate=vq_cfg.sample_rate,
+        sample_length=prior_cfg.sample_length,
+        aug_blend=not args.no_aug_blend,
+        labels=LabelConfig(lyric_version=args.lyric_version),
+        cache=args.data_cache,
+        cache_dir=args.cache_dir,
+        seed=args.seed,
+    )
+    return dict(
+        prior_cfg=prior_cfg,
+        vqvae_dir=vq_path,
+        data_cfg=data_cfg,
+        cfg=train_config_from_args(args),
+        codes_mode=args.codes,
+        code_cache_dir=args.code_cache_dir,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m teacher.train", description="Train a teacher model."
+    )
+    sub = parser.add_subparsers(dest="stage", required=True)
+    add_vqvae_args(sub.add_parser("vqvae", help="train the hierarchical VQ-VAE"))
+    add_prior_args(sub.add_parser("prior", help=PRIOR_HELP))
+    return parser
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Run the stage named by parsed arguments (shared by the console script)."""
+    if args.stage == "vqvae":
+        return train_vqvae(*vqvae_configs_from_args(args))
+    if args.stage == "prior":
+        return train_prior(**prior_configs_from_args(args))
+    raise ConfigError(f"unknown stage {args.stage}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m teacher.train``: exit status 0, or 2 with one error line."""
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    from teacher.data.dataset import DataError
+
+    try:
+        out = run(args)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+    log.info("model written to %s", out)
+    return 0
