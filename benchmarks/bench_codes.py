@@ -45,12 +45,12 @@ import logging  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.timing import seconds_per_call  # noqa: E402
 from teacher.data.codes import CodeDataset, build_code_cache  # noqa: E402
 from teacher.data.dataset import AudioDataset, DataConfig  # noqa: E402
 from teacher.data.labels import LabelConfig  # noqa: E402
@@ -70,16 +70,6 @@ def make_files(root: str, minutes: float, n_files: int = 4) -> None:
         f0 = 110.0 * (i + 2)
         x = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.01 * t)) + 0.05 * rng.standard_normal(len(t))
         sf.write(os.path.join(root, f"song{i}.wav"), x.astype(np.float32), SR, subtype="PCM_16")
-
-
-def timed(fn: Callable[[int], object], budget_s: float, max_calls: int = 5000) -> float:
-    """Seconds per call of ``fn(i)`` over ~``budget_s`` seconds (after one warm-up call)."""
-    fn(0)
-    n, t0 = 0, time.perf_counter()
-    while n < max_calls and (n < 3 or time.perf_counter() - t0 < budget_s):
-        fn(n + 1)
-        n += 1
-    return (time.perf_counter() - t0) / n
 
 
 def _stack(items: list[dict]) -> dict:
@@ -130,10 +120,10 @@ def measure_level(level: int, vq_cfg, vqvae, cache, base: DataConfig, args) -> t
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    item_c = timed(cache_item, args.seconds)
-    item_f = timed(fly_item, args.seconds)
-    step_c = timed(lambda i: step(i, "cache"), args.seconds, max_calls=200)
-    step_f = timed(lambda i: step(i, "on_the_fly"), args.seconds, max_calls=200)
+    item_c = seconds_per_call(cache_item, args.seconds)
+    item_f = seconds_per_call(fly_item, args.seconds)
+    step_c = seconds_per_call(lambda i: step(i, "cache"), args.seconds, max_calls=200)
+    step_f = seconds_per_call(lambda i: step(i, "on_the_fly"), args.seconds, max_calls=200)
     return level, pcfg.n_ctx, pcfg.sample_length, item_c, item_f, step_c, step_f
 
 

@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.timing import seconds_per_call  # noqa: E402
 from teacher.data.dataset import AudioDataset, DataConfig, scan_audio  # noqa: E402
 
 SR_FILE, SR_MODEL = 44100, 22050
@@ -51,22 +52,17 @@ def make_files(root: str, minutes: float, fmt: str, n_files: int = 2) -> None:
         sf.write(os.path.join(root, f"song{i}.{fmt}"), x, SR_FILE, subtype="PCM_16")
 
 
-def rate(fn: Callable[[int], object], budget_s: float, max_items: int = 2000) -> float:
-    """Items per second of ``fn(i)`` over ~``budget_s`` seconds (after one warm-up call)."""
-    fn(0)
-    n, t0 = 0, time.perf_counter()
-    while n < max_items and (n < 3 or time.perf_counter() - t0 < budget_s):
-        fn(n + 1)
-        n += 1
-    return n / (time.perf_counter() - t0)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=4.0, help="audio per format")
     p.add_argument("--lengths", type=int, nargs="+", default=[16384, 262144])
     p.add_argument("--seconds", type=float, default=2.0, help="time budget per measurement")
     args = p.parse_args()
+
+    def rate(fn: Callable[[int], object], max_calls: int = 2000) -> float:
+        """Items per second of ``fn(i)`` over about ``--seconds``."""
+        return 1 / seconds_per_call(fn, args.seconds, max_calls)
+
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     import librosa
@@ -97,9 +93,9 @@ def main() -> None:
                     off = int(rng.integers(y.shape[-1] - length))
                     return y[:, off : off + length]
 
-                r_seek = rate(lambda i, ds=seek, n=n: ds[i % n], args.seconds)
-                r_full = rate(full, args.seconds, max_items=50)
-                r_cache = rate(lambda i, ds=cached, n=n: ds[i % n], args.seconds)
+                r_seek = rate(lambda i, ds=seek, n=n: ds[i % n])
+                r_full = rate(full, max_calls=50)
+                r_cache = rate(lambda i, ds=cached, n=n: ds[i % n])
                 rows.append((fmt, length, r_seek, r_full, r_cache, prep))
 
     header = ["format", "crop", "(a) seek+soxr /s", "(b) full decode /s", "(c) cache /s"]

@@ -41,13 +41,9 @@ class Clip:
     words: tuple[dict[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "offset": self.offset,
-            "file_length": self.file_length,
-            "artist": self.artist,
-            "genre": list(self.genre),
-        }
+        """The clip as ``metrics.json`` lists it (where it is cut from, artist and genres)."""
+        out = {k: getattr(self, k) for k in ("file", "offset", "file_length", "artist")}
+        return {**out, "genre": list(self.genre)}
 
 
 def clip_length(jukebox: Any, seconds: float | None) -> int:

@@ -33,6 +33,7 @@ import functools
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -193,25 +194,18 @@ def log_mel(
         return mel.clamp_min(eps).log()
 
 
-def mel_l1(
-    ref: Tensor,
-    est: Tensor,
-    sample_rate: int,
-    n_mels: int = 64,
-    n_fft: int = 1024,
-    hop: int = 256,
-    eps: float = 1e-5,
-) -> Tensor:
+def mel_l1(ref: Tensor, est: Tensor, sample_rate: int, **mel: Any) -> Tensor:
     """Mean absolute difference of natural-log mel power spectrograms (:func:`log_mel`) per
     item: ``Tensor[B]``. 0 for identical signals; ``2·ln a`` for ``a·ref`` where the mel power
     is above ``eps`` (power floor, about −50 dB for full-scale audio).
 
     Args:
         ref, est: audio ``Tensor[B, C, T]`` or ``Tensor[B, T]`` of one shape, at ``sample_rate``.
+        mel: :func:`log_mel`'s settings (``n_mels``, ``n_fft``, ``hop``, ``eps``), for both.
     """
     _pair(ref, est)
-    a = log_mel(ref, sample_rate, n_mels, n_fft, hop, eps)
-    b = log_mel(est, sample_rate, n_mels, n_fft, hop, eps)
+    a = log_mel(ref, sample_rate, **mel)
+    b = log_mel(est, sample_rate, **mel)
     return (a - b).abs().mean(dim=(1, 2))
 
 

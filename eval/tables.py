@@ -58,6 +58,16 @@ def get(d: Mapping[str, Any] | None, *keys: str) -> Any:
     return d
 
 
+#: the audio distances every quality table shows, in this order: metric keys and headers
+AUDIO_KEYS = ("sc_db", "mrstft", "mel_l1")
+AUDIO_HEADERS = ("SC dB", "MR-STFT", "mel L1")
+
+
+def cells(m: Mapping[str, Any], *keys: str) -> list[str]:
+    """:func:`fmt` of ``m[key]`` for each key, in order: a run of a row's metric cells."""
+    return [fmt(m[k]) for k in keys]
+
+
 def headline_numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The few numbers both reports lead with (and metrics.json repeats under ``headline``):
     the bottom level's ceiling and floor, each mode's MR-STFT, FD-VQ and upsampling speedup,
@@ -223,18 +233,8 @@ def reconstruction_table(metrics: Mapping[str, Any]) -> Table:
     rows = []
     for level, m in metrics.get("reconstruction", {}).items():
         cb = m["codebook"]
-        rows.append(
-            [
-                level,
-                fmt(m["sc_db"]),
-                fmt(m["mrstft"]),
-                fmt(m["mel_l1"]),
-                fmt(m["si_sdr"]),
-                f"{cb['used']}",
-                fmt(100 * cb["fraction"]),
-                fmt(cb["perplexity"]),
-            ]
-        )
+        used = [f"{cb['used']}", fmt(100 * cb["fraction"]), fmt(cb["perplexity"])]
+        rows.append([level, *cells(m, *AUDIO_KEYS, "si_sdr"), *used])
     cap = (
         "Each level encodes and decodes the clips on its own codes. SC dB = 20·log10(spectral "
         "convergence), lower is better; MR-STFT: multi-resolution STFT distance; mel L1 of "
@@ -245,16 +245,7 @@ def reconstruction_table(metrics: Mapping[str, Any]) -> Table:
         cap += f" Top prior NLL of the real top-level codes: {fmt(nll)} bits/token."
     return Table(
         "Per-level reconstruction",
-        [
-            "level",
-            "SC dB",
-            "MR-STFT",
-            "mel L1",
-            "SI-SDR dB",
-            "codes used",
-            "usage %",
-            "perplexity",
-        ],  # fmt: skip
+        ["level", *AUDIO_HEADERS, "SI-SDR dB", "codes used", "usage %", "perplexity"],
         rows,
         cap,
     )
@@ -267,39 +258,19 @@ def students_tables(metrics: Mapping[str, Any]) -> list[Table]:
         for name, m in entry["samplers"].items():
             sp = m["speed"]
             spec = m.get("speculative", {})
+            kl = [fmt(m.get(k)) for k in ("kl_per_token", "entropy_per_token")]
+            speed = [*cells(sp, "wall_s", "rtf", "tokens_per_s"), fmt(_mib(sp["peak_mem_bytes"]))]
+            acceptance = fmt(spec.get("acceptance_rate")) if spec else "—"
+            audio = cells(m, "token_accuracy", *AUDIO_KEYS)
             rows.append(
-                [
-                    name,
-                    fmt(m["nll_bits"]),
-                    fmt(m.get("kl_per_token")),
-                    fmt(m.get("entropy_per_token")),
-                    fmt(m["token_accuracy"]),
-                    fmt(m["sc_db"]),
-                    fmt(m["mrstft"]),
-                    fmt(m["mel_l1"]),
-                    fmt(sp["wall_s"]),
-                    fmt(sp["rtf"]),
-                    fmt(sp["tokens_per_s"]),
-                    fmt(_mib(sp["peak_mem_bytes"])),
-                    fmt(m.get("speedup")),
-                    fmt(spec.get("acceptance_rate")) if spec else "—",
-                ]
+                [name, fmt(m["nll_bits"]), *kl, *audio, *speed, fmt(m.get("speedup")), acceptance]
             )
         for side in ("ceiling", "floor"):
             m = entry[side]
-            rows.append(
-                [
-                    f"{side} ({'true' if side == 'ceiling' else 'random'} codes)",
-                    fmt(entry["real_codes_nll_bits"] if side == "ceiling" else m.get("nll_bits")),
-                    "—",
-                    "—",
-                    fmt(m["token_accuracy"]),
-                    fmt(m["sc_db"]),
-                    fmt(m["mrstft"]),
-                    fmt(m["mel_l1"]),
-                    *["—"] * 6,
-                ]
-            )
+            nll = entry["real_codes_nll_bits"] if side == "ceiling" else m.get("nll_bits")
+            label = f"{side} ({'true' if side == 'ceiling' else 'random'} codes)"
+            audio = cells(m, "token_accuracy", *AUDIO_KEYS)
+            rows.append([label, fmt(nll), "—", "—", *audio, *["—"] * 6])
         out.append(
             Table(
                 f"Teacher vs students: {level} level on the true upper codes",
@@ -309,9 +280,7 @@ def students_tables(metrics: Mapping[str, Any]) -> list[Table]:
                     "KL nats/token",
                     "entropy nats",
                     "token acc.",
-                    "SC dB",
-                    "MR-STFT",
-                    "mel L1",
+                    *AUDIO_HEADERS,
                     "wall s",
                     "RTF",
                     "tokens/s",
@@ -338,40 +307,17 @@ def modes_table(metrics: Mapping[str, Any]) -> Table | None:
     for mode, m in modes.items():
         plan = ", ".join(f"{k}={v}" for k, v in m["level_modes"].items())
         sp = m["speed"]
-        rows.append(
-            [
-                mode,
-                plan,
-                fmt(m["sc_db"]),
-                fmt(m["mrstft"]),
-                fmt(m["mel_l1"]),
-                fmt(m["fd_vq"]),
-                fmt(sp["wall_s"]),
-                fmt(sp["tokens_per_s"]),
-                fmt(m.get("speedup")),
-            ]
-        )
+        speed = cells(sp, "wall_s", "tokens_per_s")
+        rows.append([mode, plan, *cells(m, *AUDIO_KEYS, "fd_vq"), *speed, fmt(m.get("speedup"))])
     for side in ("ceiling", "floor"):
         b = bounds.get(side)
         if b:
-            rows.append(
-                [side, "true codes" if side == "ceiling" else "random codes", fmt(b["sc_db"]),
-                 fmt(b["mrstft"]), fmt(b["mel_l1"]), fmt(b["fd_vq"]), "—", "—", "—"]
-            )  # fmt: skip
+            codes = "true codes" if side == "ceiling" else "random codes"
+            rows.append([side, codes, *cells(b, *AUDIO_KEYS, "fd_vq"), "—", "—", "—"])
     fd = metrics.get("setup", {}).get("fd_vq", {})
     return Table(
         "Modes: quality vs speed from the true top codes",
-        [
-            "mode",
-            "levels",
-            "SC dB",
-            "MR-STFT",
-            "mel L1",
-            "FD-VQ",
-            "upsampling s",
-            "tokens/s",
-            "speedup",
-        ],  # fmt: skip
+        ["mode", "levels", *AUDIO_HEADERS, "FD-VQ", "upsampling s", "tokens/s", "speedup"],
         rows,
         f"Each mode upsamples the clips' true top-level codes through every lower level; the "
         f"{bounds.get('level', 'bottom')} level's audio is compared with the ground truth. "
@@ -382,8 +328,11 @@ def modes_table(metrics: Mapping[str, Any]) -> Table | None:
 
 
 __all__ = [
+    "AUDIO_HEADERS",
+    "AUDIO_KEYS",
     "DIGITS",
     "Table",
+    "cells",
     "fmt",
     "get",
     "headline_numbers",

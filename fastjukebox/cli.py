@@ -10,10 +10,51 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from teacher.console import setup_logging
 
 log = logging.getLogger("fastjukebox")
+
+#: the longer help texts of the subcommands, by ``command.flag``
+_HELP = {
+    "sample.description": (
+        "Windowed hierarchical sampling of whole songs: ancestral by default, continue with "
+        "--prompt, upsample given top-level codes with --codes."
+    ),
+    "sample.mode": (
+        "exact: every level autoregressive; accelerated: students for middle and bottom; hybrid: "
+        "per level with --level_modes; speculative: students draft, the teacher verifies (exactly "
+        "the teacher's distribution, fewer teacher passes)"
+    ),
+    "sample.students": (
+        "students folder with middle/ and bottom/ (default TEACHER/students), or "
+        "middle=DIR,bottom=DIR; each a student folder or a distill output folder"
+    ),
+    "sample.level_modes": (
+        "per level: exact, student or speculative, e.g. middle=exact,bottom=student (required by "
+        "--mode hybrid; overrides the mode's default for the levels it names)"
+    ),
+    "sample.codes": "codes.safetensors of an earlier run: upsample its top level (upsample mode)",
+    "sample.temperature": "one value, or top,middle,bottom values (default 0.98,0.99,0.99)",
+    "convert.help": (
+        "convert published Jukebox weights (OpenAI .pth.tar or transformers) to a teacher"
+    ),
+    "convert.description": (
+        "Write a teacher folder (vqvae/, bottom/, middle/, top/) from OpenAI's vqvae.pth.tar + "
+        "prior_level_{0,1,2}.pth.tar (prior_level_0 is the bottom upsampler) or a transformers "
+        "JukeboxModel folder. Nothing is downloaded; checkpoints are read with weights_only=True, "
+        "memory-mapped, and written in streamed shards."
+    ),
+    "convert.model": (
+        "released model (openai: default inferred from the top prior's shapes; hf: use its "
+        "released hyperparameters instead of config.json's)"
+    ),
+    "convert.vocab": "Jukebox's name;id lists (v2_/v3_ file names pick the version); repeatable",
+    "convert.dtype": (
+        "cast floating weights (keep: as published; OpenAI's 5b priors are partly fp16)"
+    ),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,32 +191,16 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
+    from distill.pipeline import FAST_MODES
+
     p = sub.add_parser(
         "sample",
         help="generate songs with a teacher (VQ-VAE + top/middle/bottom priors)",
-        description="Windowed hierarchical sampling of whole songs: ancestral by default, "
-        "continue with --prompt, upsample given top-level codes with --codes.",
+        description=_HELP["sample.description"],
     )
-    p.add_argument(
-        "--mode",
-        default="exact",
-        choices=("exact", "accelerated", "hybrid", "speculative"),
-        help="exact: every level autoregressive; accelerated: students for middle and bottom; "
-        "hybrid: per level with --level_modes; speculative: students draft, the teacher "
-        "verifies (exactly the teacher's distribution, fewer teacher passes)",
-    )
-    p.add_argument(
-        "--students",
-        default=None,
-        help="students folder with middle/ and bottom/ (default TEACHER/students), or "
-        "middle=DIR,bottom=DIR; each a student folder or a distill output folder",
-    )
-    p.add_argument(
-        "--level_modes",
-        default=None,
-        help="per level: exact, student or speculative, e.g. middle=exact,bottom=student "
-        "(required by --mode hybrid; overrides the mode's default for the levels it names)",
-    )
+    p.add_argument("--mode", default="exact", choices=FAST_MODES, help=_HELP["sample.mode"])
+    p.add_argument("--students", default=None, help=_HELP["sample.students"])
+    p.add_argument("--level_modes", default=None, help=_HELP["sample.level_modes"])
     p.add_argument("--gamma", type=int, default=None, help="speculative draft length (4)")
     p.add_argument(
         "--student_temperature", type=float, default=1.0, help="students' sampling temperature"
@@ -190,17 +215,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (WAVs, codes, labels.json)")
     p.add_argument("--prompt", default=None, help="audio to continue (continue mode)")
     p.add_argument("--prompt_seconds", type=float, default=None, help="default: all of it")
-    p.add_argument(
-        "--codes",
-        default=None,
-        help="codes.safetensors of an earlier run: upsample its top level (upsample mode)",
-    )
+    p.add_argument("--codes", default=None, help=_HELP["sample.codes"])
     p.add_argument("--n_samples", type=int, default=1)
-    p.add_argument(
-        "--temperature",
-        default=None,
-        help="one value, or top,middle,bottom values (default 0.98,0.99,0.99)",
-    )
+    p.add_argument("--temperature", default=None, help=_HELP["sample.temperature"])
     p.add_argument("--top_k", type=int, default=0)
     p.add_argument("--top_p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
@@ -227,19 +244,14 @@ def _run_sample(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise ConfigError(f"--temperature: {err}") from None
         temperature = temps[0] if len(temps) == 1 else temps
-    common = dict(
-        artist=args.artist,
+    passed = ("artist", "top_k", "top_p", "seed", "mode", "level_modes", "student_temperature")
+    common: dict[str, Any] = {k: getattr(args, k) for k in passed}  # flags taken as they are
+    common.update(
         genre=[g.strip() for g in args.genre.split(",")] if args.genre else None,
         lyrics=load_lyrics(args.lyrics, args.lyrics_file),
         temperature=temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
         progress=not args.no_progress,
-        mode=args.mode,
-        level_modes=args.level_modes,
         gamma=args.gamma if args.gamma is not None else DEFAULT_GAMMA,
-        student_temperature=args.student_temperature,
     )
     if args.levels is not None:
         common["levels"] = [v.strip() for v in args.levels.split(",") if v.strip()]
@@ -275,40 +287,21 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from teacher.presets import MODELS
+
     p = sub.add_parser(
-        "convert",
-        help="convert published Jukebox weights (OpenAI .pth.tar or transformers) to a teacher",
-        description="Write a teacher folder (vqvae/, bottom/, middle/, top/) from OpenAI's "
-        "vqvae.pth.tar + prior_level_{0,1,2}.pth.tar (prior_level_0 is the bottom upsampler) "
-        "or a transformers JukeboxModel folder. Nothing is downloaded; checkpoints are read "
-        "with weights_only=True, memory-mapped, and written in streamed shards.",
+        "convert", help=_HELP["convert.help"], description=_HELP["convert.description"]
     )
     p.add_argument("--from", dest="source", required=True, choices=("openai", "hf"))
     p.add_argument(
         "paths", nargs="+", metavar="PATH", help="openai: files or a folder; hf: a folder"
     )
     p.add_argument("--out", required=True, help="teacher folder to create")
-    p.add_argument(
-        "--model",
-        default=None,
-        choices=("1b_lyrics", "5b", "5b_lyrics"),
-        help="released model (openai: default inferred from the top prior's shapes; hf: use "
-        "its released hyperparameters instead of config.json's)",
-    )
-    p.add_argument(
-        "--vocab",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("ARTIST_IDS", "GENRE_IDS"),
-        help="Jukebox's name;id lists (v2_/v3_ file names pick the version); repeatable",
-    )
-    p.add_argument(
-        "--dtype",
-        default="keep",
-        choices=("keep", "float32", "float16", "bfloat16"),
-        help="cast floating weights (keep: as published; OpenAI's 5b priors are partly fp16)",
-    )
+    models, dtypes = tuple(sorted(MODELS)), ("keep", "float32", "float16", "bfloat16")
+    p.add_argument("--model", default=None, choices=models, help=_HELP["convert.model"])
+    pairs = {"nargs": 2, "action": "append", "default": [], "metavar": ("ARTIST_IDS", "GENRE_IDS")}
+    p.add_argument("--vocab", **pairs, help=_HELP["convert.vocab"])
+    p.add_argument("--dtype", default="keep", choices=dtypes, help=_HELP["convert.dtype"])
     p.add_argument("--max_shard_size", default="2GiB", help="largest weights file, e.g. 2GiB")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -214,7 +214,16 @@ class Student(nn.Module):
         return self.condition(upper, labels)
 
     # ----------------------------------------------------------------------------------------
-    # the family API
+    # the family API: a family sets ``draw_noise`` and ``noise_dim`` and implements the passes
+    # (:meth:`run_passes`); conditioning, noise and the public signatures live here once
+
+    #: ``(shape, generator, device) -> Tensor`` fp32: the family's noise (Gumbel or normal)
+    draw_noise: ClassVar[Callable[..., Tensor]]
+
+    @property
+    def noise_dim(self) -> int:
+        """Last dimension of the noise: V (categorical Gumbel) or D (Gaussian code space)."""
+        raise NotImplementedError
 
     def make_noise(
         self,
@@ -223,8 +232,10 @@ class Student(nn.Module):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """Noise of one window: categorical ``Gumbel [B, T, V]``; Gaussian ``N(0, I) [B, T, D]``."""
-        raise NotImplementedError
+        """Noise of one window ``Tensor[B, T, noise_dim]`` fp32: categorical Gumbel
+        ``[B, T, V]`` (one draw per position, shared by all stages); Gaussian ``N(0, I)
+        [B, T, D]``."""
+        return self.draw_noise((batch, length, self.noise_dim), generator, device)
 
     def forward(
         self,
@@ -236,6 +247,26 @@ class Student(nn.Module):
         cond: Tensor | None = None,
         temperature: float = 1.0,
     ) -> StudentSample:
+        """One sample in K parallel passes (differentiable through the logits).
+
+        Args:
+            upper: ``LongTensor[B, T_up]`` upper codes (or ``None`` with ``cond``).
+            labels: ``LongTensor[B, >= 4 + G]`` for labelled students.
+            noise: ``Tensor[B, T, noise_dim]`` (:meth:`make_noise`; drawn with ``generator``
+                when ``None``): Gumbel ``[B, T, V]`` or normal ``[B, T, D]``.
+            tau: temperature of the straight-through Gumbel-softmax in ``soft``.
+            cond: precomputed :meth:`condition` output ``Tensor[B, T, C]``.
+            temperature: sampling temperature (categorical: of the tokens, the logits are
+                returned unscaled; Gaussian: it scales the noise).
+        """
+        cond = self._cond(upper, labels, cond)
+        return self.run_passes(cond, self._noise_for(noise, generator, cond), tau, temperature)
+
+    def run_passes(
+        self, cond: Tensor, noise: Tensor, tau: float, temperature: float
+    ) -> StudentSample:
+        """The family's K passes on ``cond Tensor[B, T, C]`` and ``noise Tensor[B, T,
+        noise_dim]`` fp32 (both on one device): what :meth:`forward` returns."""
         raise NotImplementedError
 
     def sample(
@@ -256,13 +287,15 @@ class Student(nn.Module):
     def stage_logits(self, stage: int, prev_tokens: Tensor | None, cond: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _noise_for(self, noise: Tensor | None, generator, cond: Tensor, last_dim: int) -> Tensor:
+    def _noise_for(
+        self, noise: Tensor | None, generator: torch.Generator | None, cond: Tensor
+    ) -> Tensor:
         b, t = cond.shape[:2]
         if noise is None:
             return self.make_noise(b, t, generator=generator, device=cond.device)
-        if tuple(noise.shape) != (b, t, last_dim):
+        if tuple(noise.shape) != (b, t, self.noise_dim):
             raise ValueError(
-                f"expected noise of shape {(b, t, last_dim)}, got {tuple(noise.shape)}"
+                f"expected noise of shape {(b, t, self.noise_dim)}, got {tuple(noise.shape)}"
             )
         return noise.to(device=cond.device, dtype=torch.float32)
 

@@ -70,15 +70,12 @@ class CategoricalIAF(Student):
             raise IndexError(f"stage {stage} out of range [0, {self.cfg.n_stages})")
         return self.stages[min(stage, len(self.stages) - 1)]
 
-    def make_noise(
-        self,
-        batch: int,
-        length: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> Tensor:
-        """Gumbel noise ``Tensor[B, T, V]`` fp32, one draw per position shared by all stages."""
-        return gumbel_noise((batch, length, self.cfg.l_bins), generator, device)
+    draw_noise = staticmethod(gumbel_noise)
+
+    @property
+    def noise_dim(self) -> int:
+        """V: one Gumbel draw per code and position."""
+        return self.cfg.l_bins
 
     def stage_logits(self, stage: int, prev_tokens: Tensor | None, cond: Tensor) -> Tensor:
         """Logits ``Tensor[B, T, V]`` fp32 of ``stage`` given the previous stage's tokens
@@ -99,39 +96,23 @@ class CategoricalIAF(Student):
             raise ValueError(f"temperature must be positive, got {temperature}")
         return (logits.detach().float() / temperature + noise).argmax(dim=-1)
 
-    def forward(
-        self,
-        upper: Tensor | None,
-        labels: Tensor | None = None,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        tau: float = 1.0,
-        cond: Tensor | None = None,
-        temperature: float = 1.0,
+    def run_passes(
+        self, cond: Tensor, noise: Tensor, tau: float, temperature: float
     ) -> StudentSample:
-        """All K stages in K parallel passes (differentiable through the logits).
-
-        Args:
-            upper: ``LongTensor[B, T_up]`` upper codes (or ``None`` with ``cond``).
-            labels: ``LongTensor[B, >= 4 + G]`` for labelled students.
-            noise: Gumbel ``Tensor[B, T, V]`` (drawn with ``generator`` when ``None``).
-            tau: temperature of the straight-through Gumbel-softmax in ``soft``.
-            cond: precomputed :meth:`condition` output ``Tensor[B, T, C]``.
-            temperature: sampling temperature of the tokens (logits are returned unscaled).
-        """
-        cond = self._cond(upper, labels, cond)
-        g = self._noise_for(noise, generator, cond, self.cfg.l_bins)
+        """All K stages on ``cond Tensor[B, T, C]`` with the Gumbel ``noise Tensor[B, T, V]``
+        shared by every stage; ``soft`` is the straight-through Gumbel-softmax at ``tau`` and
+        the tokens are drawn at ``temperature`` (:meth:`Student.forward`)."""
         tokens: Tensor | None = None
         logits, all_tokens = [], []
         for k in range(self.cfg.n_stages):
             lk = self.stage_logits(k, tokens, cond)
-            tokens = self.select(lk, g, temperature)  # SAME g at every stage (DESIGN §5)
+            tokens = self.select(lk, noise, temperature)  # SAME g at every stage (DESIGN §5)
             logits.append(lk)
             all_tokens.append(tokens)
         soft = None
         if torch.is_grad_enabled():
             # straight-through Gumbel-softmax with the noise that picked the tokens
-            soft = straight_through_onehot(tokens, logits[-1] / temperature + g, tau)
+            soft = straight_through_onehot(tokens, logits[-1] / temperature + noise, tau)
         return StudentSample(
             codes=tokens, logits=logits, soft=soft, extras={"tokens": torch.stack(all_tokens)}
         )

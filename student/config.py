@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
-from teacher.config import ConfigError, check, load_config, save_config
+from teacher.config import ConfigError, check, check_stft_resolutions, load_config, save_config
+from teacher.levels import hop_length
 from teacher.presets import small_upsampler, tiny_upsampler
 from teacher.prior.config import LabelConditionerConfig, PriorConfig, UpsamplerConditionerConfig
 
@@ -31,6 +33,7 @@ FAMILIES = ("categorical", "gaussian")
 CODE_SPACES = ("vqvae", "teacher_head", "learned")
 GAUSSIAN_OBJECTIVES = ("calibrated", "mc")
 LOSS_NAMES = ("kl", "kl_intermediate", "mrstft", "power", "ce")
+_Sizes = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -159,17 +162,11 @@ class LossConfig:
             f"got {self.gaussian_objective!r}",
         )
         check(self.mc_bandwidth > 0, "mc_bandwidth must be positive")
-        check(
-            len(self.stft_fft_sizes) == len(self.stft_hop_sizes) == len(self.stft_win_lengths)
-            and len(self.stft_fft_sizes) >= 1,
-            "stft_fft_sizes, stft_hop_sizes and stft_win_lengths need the same (>= 1) length",
-        )
-        check(
-            all(
-                0 < h and 0 < w <= n
-                for n, h, w in zip(self.stft_fft_sizes, self.stft_hop_sizes, self.stft_win_lengths)
-            ),
-            "each STFT resolution needs hop > 0 and 0 < win <= n_fft",
+        check_stft_resolutions(
+            self.stft_fft_sizes,
+            self.stft_hop_sizes,
+            self.stft_win_lengths,
+            "MR-STFT loss (stft_fft_sizes, stft_hop_sizes, stft_win_lengths)",
         )
         check(self.power_n_fft >= 2, "power_n_fft must be >= 2")
         return self
@@ -225,10 +222,7 @@ class StudentConfig:
     @property
     def hop_length(self) -> int:
         """Audio samples per code of this level."""
-        acc = 1
-        for s, d in zip(self.strides_t[: self.level + 1], self.downs_t[: self.level + 1]):
-            acc *= s**d
-        return acc
+        return hop_length(self.downs_t, self.strides_t, self.level)
 
     @property
     def label_size(self) -> int:
@@ -275,15 +269,8 @@ class StudentConfig:
     def check_teacher(self, prior_cfg: PriorConfig) -> None:
         """Raise :class:`ConfigError` unless this student can replace ``prior_cfg``'s level and
         take a copy of its conditioner (and label embeddings)."""
-        pairs = {
-            "level": (self.level, prior_cfg.level),
-            "l_bins": (self.l_bins, prior_cfg.l_bins),
-            "cond_width": (self.cond_width, prior_cfg.transformer.width),
-            "downs_t": (self.downs_t, prior_cfg.downs_t),
-            "strides_t": (self.strides_t, prior_cfg.strides_t),
-            "conditioner": (self.conditioner, prior_cfg.conditioner),
-        }
-        for name, (mine, theirs) in pairs.items():
+        for name, theirs in teacher_fields(prior_cfg).items():
+            mine = getattr(self, name)
             check(mine == theirs, f"student {name} {mine} does not match the teacher's {theirs}")
         if self.labels is not None:
             check(prior_cfg.labels is not None, "a labelled student needs a labelled teacher")
@@ -293,6 +280,19 @@ class StudentConfig:
                 == (theirs.artist_bins, theirs.genre_bins, theirs.max_genres),
                 f"student labels {mine} do not match the teacher's {theirs}",
             )
+
+
+def teacher_fields(prior_cfg: PriorConfig) -> dict[str, Any]:
+    """The :class:`StudentConfig` fields taken from the teacher's config, which must keep
+    matching it (:meth:`StudentConfig.check_teacher`): geometry and conditioner."""
+    return {
+        "level": prior_cfg.level,
+        "l_bins": prior_cfg.l_bins,
+        "cond_width": prior_cfg.transformer.width,
+        "downs_t": prior_cfg.downs_t,
+        "strides_t": prior_cfg.strides_t,
+        "conditioner": prior_cfg.conditioner,
+    }
 
 
 def save_student_config(cfg: StudentConfig, path: str) -> None:
@@ -336,12 +336,7 @@ def student_config_for(
         labels = dataclasses.replace(labels, include_timing=False)
     return StudentConfig(
         family=family,
-        level=prior_cfg.level,
-        l_bins=prior_cfg.l_bins,
-        cond_width=prior_cfg.transformer.width,
-        conditioner=prior_cfg.conditioner,
-        downs_t=prior_cfg.downs_t,
-        strides_t=prior_cfg.strides_t,
+        **teacher_fields(prior_cfg),
         sample_rate=prior_cfg.sample_rate,
         labels=labels,
         n_stages=n_stages,
@@ -353,54 +348,35 @@ def student_config_for(
     ).validate()
 
 
+def _stft_loss(ffts: _Sizes, hops: _Sizes, wins: _Sizes, power_n_fft: int) -> LossConfig:
+    """Default loss weights with these MR-STFT resolutions and power-loss FFT size."""
+    return LossConfig(
+        stft_fft_sizes=ffts, stft_hop_sizes=hops, stft_win_lengths=wins, power_n_fft=power_n_fft
+    )
+
+
 def tiny_student(
     level: int = 1, family: str = "categorical", labels: bool = True, n_stages: int = 3
 ) -> StudentConfig:
     """A seconds-to-run student matching ``tiny_upsampler(level, labels)`` (and ``tiny_vqvae``:
     ``emb_width`` 16, 8 kHz): stages of 4 gated convs at width 32 (receptive field 16), STFT
     resolutions small enough for clips of a few hundred samples."""
-    loss = LossConfig(
-        stft_fft_sizes=(128, 64, 32),
-        stft_hop_sizes=(32, 16, 8),
-        stft_win_lengths=(128, 64, 32),
-        power_n_fft=64,
-    )
-    return student_config_for(
-        tiny_upsampler(level, labels=labels),
-        family=family,
-        n_stages=n_stages,
-        stage=StageConfig(width=32, depth=4),
-        code_dim=16,
-        loss=loss,
-    )
+    loss = _stft_loss((128, 64, 32), (32, 16, 8), (128, 64, 32), power_n_fft=64)
+    prior_cfg, stage = tiny_upsampler(level, labels=labels), StageConfig(width=32, depth=4)
+    return student_config_for(prior_cfg, family, n_stages, stage, code_dim=16, loss=loss)
 
 
 def small_student(
-    level: int,
-    family: str = "categorical",
-    n_artists: int = 1,
-    n_genres: int = 1,
-    max_genres: int = 1,
-    sample_rate: int = 22050,
-    n_stages: int = 4,
+    level: int, family: str = "categorical", *, n_stages: int = 4, **teacher: Any
 ) -> StudentConfig:
-    """The demo's students, matching ``small_upsampler`` (and ``small_vqvae``: ``emb_width`` 64):
-    K = 4 stages (DESIGN §5's best prototype) of 8 gated convs at width 128, dilations
-    1…128 (receptive field 256 per stage); STFT resolutions scaled to 22 kHz."""
-    loss = LossConfig(
-        stft_fft_sizes=(1024, 512, 256),
-        stft_hop_sizes=(120, 60, 25),
-        stft_win_lengths=(600, 300, 120),
-        power_n_fft=512,
-    )
-    return student_config_for(
-        small_upsampler(level, n_artists, n_genres, max_genres, sample_rate),
-        family=family,
-        n_stages=n_stages,
-        stage=StageConfig(width=128, depth=8),
-        code_dim=64,
-        loss=loss,
-    )
+    """The demo's students, matching ``small_upsampler(level, **teacher)`` (``teacher``: its
+    ``n_artists``, ``n_genres``, ``max_genres``, ``sample_rate``) and ``small_vqvae``
+    (``emb_width`` 64): K = 4 stages (DESIGN §5's best prototype) of 8 gated convs at width 128,
+    dilations 1…128 (receptive field 256 per stage); STFT resolutions scaled to 22 kHz."""
+    prior_cfg = small_upsampler(level, **teacher)
+    loss = _stft_loss((1024, 512, 256), (120, 60, 25), (600, 300, 120), power_n_fft=512)
+    stage = StageConfig(width=128, depth=8)
+    return student_config_for(prior_cfg, family, n_stages, stage, code_dim=64, loss=loss)
 
 
 STUDENT_PRESETS = {"tiny": tiny_student, "small": small_student}
@@ -419,5 +395,6 @@ __all__ = [
     "save_student_config",
     "small_student",
     "student_config_for",
+    "teacher_fields",
     "tiny_student",
 ]

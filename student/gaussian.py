@@ -100,15 +100,12 @@ class GaussianIAF(Student):
         """The unit-norm code vectors ``Tensor[V, D]`` fp32."""
         return F.normalize(self.code_table.float(), dim=-1)
 
-    def make_noise(
-        self,
-        batch: int,
-        length: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> Tensor:
-        """Standard normal ``Tensor[B, T, D]`` fp32."""
-        return normal_noise((batch, length, self.cfg.gaussian.code_dim), generator, device)
+    draw_noise = staticmethod(normal_noise)
+
+    @property
+    def noise_dim(self) -> int:
+        """D: the code space's dimension."""
+        return self.cfg.gaussian.code_dim
 
     def snap(self, v: Tensor) -> Tensor:
         """Nearest unit-norm code by dot product: ``Tensor[B, T, D]`` -> ``LongTensor[B, T]``."""
@@ -154,23 +151,16 @@ class GaussianIAF(Student):
             logits.append(self.calibrated_logits(mu_tot, log_sigma_tot))
         return v, logits, mu_tot, log_sigma_tot
 
-    def forward(
-        self,
-        upper: Tensor | None,
-        labels: Tensor | None = None,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        tau: float = 1.0,
-        cond: Tensor | None = None,
-        temperature: float = 1.0,
+    def run_passes(
+        self, cond: Tensor, noise: Tensor, tau: float, temperature: float
     ) -> StudentSample:
-        """K flows in K parallel passes; ``temperature`` scales the noise (the usual flow
-        temperature). ``soft`` is straight-through with the gradient of
-        ``softmax(v·e_k / (β_k τ))``, ``β_k`` the calibration scale: the Gaussian counterpart
-        of the categorical student's ``softmax((l + g)/τ)`` (the noisy logits whose argmax is,
-        up to β_k varying over k, the snap)."""
-        cond = self._cond(upper, labels, cond)
-        u = self._noise_for(noise, generator, cond, self.cfg.gaussian.code_dim) * temperature
+        """K flows in K parallel passes on ``cond Tensor[B, T, C]`` and the normal ``noise
+        Tensor[B, T, D]``; ``temperature`` scales the noise (the usual flow temperature).
+        ``soft`` is straight-through with the gradient of ``softmax(v·e_k / (β_k τ))``, ``β_k``
+        the calibration scale: the Gaussian counterpart of the categorical student's
+        ``softmax((l + g)/τ)`` (the noisy logits whose argmax is, up to β_k varying over k, the
+        snap)."""
+        u = noise * temperature
         v, logits, mu, log_sigma = self.flow(u, cond)
         codes = self.snap(v)
         soft = None

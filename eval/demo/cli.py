@@ -18,46 +18,33 @@ from teacher.config import ConfigError
 log = logging.getLogger(__name__)
 
 
+_HELP = {  # the flags' help texts
+    "out": "the demo folder (re-running on it resumes)",
+    "minutes": "wall-clock budget the training steps are sized for (2-core CPU measurements)",
+    "data": "your own audio folder (+ metadata.jsonl/.csv) instead of the built-in synth songs",
+    "preset": "demo: small models (~15 min on 2 CPU cores); smoke: tiny models (seconds)",
+    "threads": "torch CPU threads (default: all cores; 1 on a machine other jobs share)",
+    "no_progress": "no stage headers or bars",
+}
+#: the flags that are :class:`DemoConfig` fields of the same name
+_CONFIG_FLAGS = ("out", "minutes", "data", "seed", "preset", "threads")
+
+
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     """The flags of ``fastjukebox demo``."""
-    d = DemoConfig()
-    p.add_argument("--out", default=d.out, help="the demo folder (re-running on it resumes)")
-    p.add_argument(
-        "--minutes",
-        type=float,
-        default=d.minutes,
-        help="wall-clock budget the training steps are sized for (2-core CPU measurements)",
-    )
-    p.add_argument(
-        "--data",
-        default=None,
-        help="your own audio folder (+ metadata.jsonl/.csv) instead of the built-in synth songs",
-    )
+    d, h = DemoConfig(), _HELP
+    p.add_argument("--out", default=d.out, help=h["out"])
+    p.add_argument("--minutes", type=float, default=d.minutes, help=h["minutes"])
+    p.add_argument("--data", default=None, help=h["data"])
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument(
-        "--preset",
-        choices=PRESETS,
-        default=d.preset,
-        help="demo: small models (~15 min on 2 CPU cores); smoke: tiny models (seconds)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: all cores; 1 on a machine other jobs share)",
-    )
-    p.add_argument("--no_progress", action="store_true", help="no stage headers or bars")
+    p.add_argument("--preset", choices=PRESETS, default=d.preset, help=h["preset"])
+    p.add_argument("--threads", type=int, default=None, help=h["threads"])
+    p.add_argument("--no_progress", action="store_true", help=h["no_progress"])
 
 
 def demo_config_from_args(args: argparse.Namespace) -> DemoConfig:
-    return DemoConfig(
-        out=args.out,
-        minutes=args.minutes,
-        data=args.data,
-        seed=args.seed,
-        preset=args.preset,
-        threads=args.threads,
-    ).validate()
+    """The validated :class:`DemoConfig` of parsed :func:`add_demo_args` flags."""
+    return DemoConfig(**{k: getattr(args, k) for k in _CONFIG_FLAGS}).validate()
 
 
 def run_from_args(args: argparse.Namespace) -> DemoResult:

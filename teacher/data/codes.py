@@ -62,6 +62,7 @@ from torch.utils.data import Dataset
 
 from teacher.config import ConfigError, load_config
 from teacher.data.labels import LabelConfig, Labeller, Vocab
+from teacher.data.strata import StratifiedWindows
 from teacher.data.text import LyricTokenizer, TextStats
 from teacher.io import atomic_dir, atomic_write_json, model_fingerprint, read_json
 from teacher.vqvae.config import VQVAEConfig
@@ -543,7 +544,7 @@ def _progress(enabled: bool) -> Any:
 # windows for the prior
 
 
-class CodeDataset(Dataset):
+class CodeDataset(StratifiedWindows, Dataset):
     """Random windows of ``n_ctx`` codes at ``level`` of a :class:`CodeCache`, with labels.
 
     Item ``i`` -> ``dict(codes=LongTensor[n_ctx], labels=LongTensor[label_cfg.size],
@@ -551,9 +552,10 @@ class CodeDataset(Dataset):
     ``upper=LongTensor[n_ctx · hop_level / hop_{level+1}]``: the level above over the same span
     (the upsampler's conditioning, Jukebox ``Prior.get_z_conds``).
 
-    Sampling mirrors :class:`teacher.data.AudioDataset`: one epoch has
-    ``usable tokens // n_ctx`` items; the concatenated token timeline of the usable files is
-    cut into that many strata and item ``i`` centres its window on a uniform point of stratum
+    Sampling is :class:`teacher.data.AudioDataset`'s, shared through
+    :class:`~teacher.data.strata.StratifiedWindows`: one epoch has ``usable tokens // n_ctx``
+    items; the concatenated token timeline of the usable files is cut into that many strata
+    and item ``i`` centres its window on a uniform point of stratum
     ``i`` (drawn by ``numpy.random.default_rng([seed, epoch, i])``, so any rank or worker gets
     the same window), shifted inside the file and down to a multiple of
     ``hop_{level+1} / hop_level`` so the upper window is whole. Files shorter than the window
@@ -628,67 +630,33 @@ class CodeDataset(Dataset):
                 missing,
                 len(keep),
             )
-        self._artist, self._genres, self._tokens, self._times = [], [], [], []
+        files = [cache.files[i] for i in keep]
+        self._artist = [vocab.artist_id(f.artist) for f in files]
+        self._genres = [vocab.genre_ids(list(f.genre))[: lab.max_genres] for f in files]
+        self._set_lyrics([(f.lyrics, f.words) for f in files])
         tok = LyricTokenizer(lab.lyric_version)
-        for i in keep:
-            f = cache.files[i]
-            self._artist.append(vocab.artist_id(f.artist))
-            self._genres.append(vocab.genre_ids(list(f.genre))[: lab.max_genres])
+        for f in files:
             tok.clean_with_stats(f.lyrics)  # counts, whether or not lyrics are used
-            if lab.n_tokens > 0:
-                tokens, times = self.labeller.encode_lyrics(f.lyrics, f.words)
-            else:
-                tokens, times = [], None
-            self._tokens.append(tokens)
-            self._times.append(times)
         self.text_stats = tok.stats
 
     def __len__(self) -> int:
         return max(1, int(self._ends[-1]) // self.n_ctx)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Pick the windows of ``epoch`` (call before each epoch's iterator)."""
-        self.epoch = int(epoch)
-
     def locate(self, index: int, u: float) -> tuple[int, int]:
         """``(position in file_ids, token offset)`` of item ``index`` for the draw ``u``."""
-        n = len(self)
-        mid = (index + u) * float(self._ends[-1]) / n
-        k = min(int(np.searchsorted(self._ends, mid, side="right")), len(self.file_ids) - 1)
-        start = int(self._ends[k] - self._lengths[k])
-        offset = int(round(mid - start - self.n_ctx / 2))
-        top = int(self._lengths[k]) - self.n_ctx
-        offset = min(max(offset, 0), top)
-        offset = offset // self.align * self.align  # whole upper-level tokens
-        return k, offset
+        k, offset = self._centred_window(index, u, self.n_ctx)
+        return k, offset // self.align * self.align  # whole upper-level tokens
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.item(index, self.epoch)
-
-    def item(self, index: int, epoch: int) -> dict[str, Any]:
-        """Item ``index`` of ``epoch``."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        rng = np.random.default_rng([self.seed, epoch, index])
-        k, offset = self.locate(index, float(rng.random()))
-        out = self.window(k, offset)
-        out["index"] = index
-        return out
+    def _item_at(self, k: int, offset: int, rng: np.random.Generator) -> dict[str, Any]:
+        return self.window(k, offset)
 
     def window(self, k: int, offset: int) -> dict[str, Any]:
         """The window at token ``offset`` of the ``k``-th usable file (see the class doc)."""
         fi = self.file_ids[k]
         f = self.cache.files[fi]
         codes = self.cache.codes(fi, self.level, offset, offset + self.n_ctx)
-        y, _ = self.labeller.label(
-            f.length,
-            offset * self.hop,
-            self.window_samples,
-            self._artist[k],
-            self._genres[k],
-            self._tokens[k],
-            self._times[k],
-            self.cache.sample_rate,
+        y, _ = self._label(
+            k, f.length, offset * self.hop, self.window_samples, self.cache.sample_rate
         )
         out: dict[str, Any] = {
             "codes": torch.from_numpy(np.asarray(codes, dtype=np.int64)),

@@ -47,6 +47,7 @@ from teacher.data.audio import (
     read_crop_samples,
 )
 from teacher.data.labels import LabelConfig, Labeller, Vocab
+from teacher.data.strata import StratifiedWindows
 from teacher.data.text import LyricTokenizer, TextStats
 from teacher.vqvae.config import Bandwidth
 
@@ -599,7 +600,7 @@ def scan_audio(cfg: DataConfig) -> ScanResult:
 # dataset
 
 
-class AudioDataset(Dataset):
+class AudioDataset(StratifiedWindows, Dataset):
     """Labelled mono crops of the scanned files.
 
     Item ``i`` → ``dict(audio=float32 Tensor[1, sample_length], labels=int64
@@ -613,7 +614,8 @@ class AudioDataset(Dataset):
     Jukebox's ``item * sample_length`` plus a random shift), and the DataLoader's shuffle
     decides the order. The draw uses ``numpy.random.default_rng([seed, epoch, i])``:
     reproducible on any worker or rank; call :meth:`set_epoch` each epoch (with persistent
-    workers, before the epoch's iterator is created).
+    workers, before the epoch's iterator is created). The sampling is
+    :class:`~teacher.data.strata.StratifiedWindows`', shared with the code windows.
     """
 
     def __init__(
@@ -641,15 +643,7 @@ class AudioDataset(Dataset):
                 )
                 ids = ids[: lab.max_genres]
             self._genres.append(ids)
-        self._tokens: list[list[int]] = []
-        self._times: list[np.ndarray | None] = []
-        for f in self.files:
-            if lab.n_tokens > 0:
-                tokens, times = self.labeller.encode_lyrics(f.meta.lyrics, f.meta.words)
-            else:
-                tokens, times = [], None
-            self._tokens.append(tokens)
-            self._times.append(times)
+        self._set_lyrics([(f.meta.lyrics, f.meta.words) for f in self.files])
         self._lengths = np.array([f.length for f in self.files], dtype=np.int64)
         self._ends = np.cumsum(self._lengths)
 
@@ -660,34 +654,17 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return max(1, self.total_length // self.cfg.sample_length)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Pick the crops of ``epoch`` (for DDP samplers and reproducible resumes)."""
-        self.epoch = int(epoch)
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
 
     def locate(self, index: int, u: float) -> tuple[int, int]:
         """``(file_index, offset)`` of item ``index`` for the uniform draw ``u ∈ [0, 1)``."""
-        n, length = len(self), self.cfg.sample_length
-        mid = (index + u) * self.total_length / n
-        fi = int(np.searchsorted(self._ends, mid, side="right"))
-        fi = min(fi, len(self.files) - 1)
-        start = int(self._ends[fi] - self._lengths[fi])
-        offset = int(round(mid - start - length / 2))
-        offset = min(max(offset, 0), int(self._lengths[fi]) - length)
-        return fi, offset
+        return self._centred_window(index, u, self.cfg.sample_length)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.item(index, self.epoch)
-
-    def item(self, index: int, epoch: int) -> dict[str, Any]:
-        """Item ``index`` of ``epoch`` (what ``self[index]`` gives after ``set_epoch(epoch)``)."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        rng = np.random.default_rng([self.cfg.seed, epoch, index])
-        fi, offset = self.locate(index, float(rng.random()))
+    def _item_at(self, k: int, offset: int, rng: np.random.Generator) -> dict[str, Any]:
         blend = float(rng.random()) if self.cfg.aug_blend else 0.5
-        out = self._crop(fi, offset, blend)
-        out["index"] = index
-        return out
+        return self._crop(k, offset, blend)
 
     def crop(self, file_index: int, offset: int) -> dict[str, Any]:
         """Deterministic crop at ``offset`` samples of file ``file_index`` (blend 0.5).
@@ -719,16 +696,8 @@ class AudioDataset(Dataset):
             mono = blend * x[0] + (1.0 - blend) * x[1]
         else:
             mono = x.mean(axis=0)
-        f = self.files[fi]
-        y, _ = self.labeller.label(
-            f.length,
-            offset,
-            self.cfg.sample_length,
-            self._artist[fi],
-            self._genres[fi],
-            self._tokens[fi],
-            self._times[fi],
-            self.cfg.sample_rate,
+        y, _ = self._label(
+            fi, self.files[fi].length, offset, self.cfg.sample_length, self.cfg.sample_rate
         )
         return {
             "audio": torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))[None],
@@ -739,18 +708,8 @@ class AudioDataset(Dataset):
 
     def lyric_indices(self, file_index: int, offset: int) -> list[int]:
         """Positions in the file's full lyric tokens of a crop's window (-1 = padding)."""
-        f = self.files[file_index]
-        _, idx = self.labeller.label(
-            f.length,
-            offset,
-            self.cfg.sample_length,
-            self._artist[file_index],
-            self._genres[file_index],
-            self._tokens[file_index],
-            self._times[file_index],
-            self.cfg.sample_rate,
-        )
-        return idx
+        f, length = self.files[file_index], self.cfg.sample_length
+        return self._label(file_index, f.length, offset, length, self.cfg.sample_rate)[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from teacher.levels import LEVEL_NAMES
-from teacher.presets import model_configs
+from teacher.presets import MODELS, model_configs
 from teacher.prior.config import PriorConfig
 from teacher.vqvae.config import VQVAEConfig
 
@@ -98,9 +98,9 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f}"
 
 
-def format_memory_table(names: tuple[str, ...] = ("1b_lyrics", "5b", "5b_lyrics")) -> str:
-    """A markdown table of :func:`memory_table` for ``names`` (GiB; upsamplers and VQ-VAE are
-    shared, so they appear once)."""
+def format_memory_table(names: tuple[str, ...] = tuple(sorted(MODELS))) -> str:
+    """A markdown table of :func:`memory_table` for ``names`` (default: every released model;
+    GiB; upsamplers and VQ-VAE are shared, so they appear once)."""
     lines = [
         "| model part | parameters | fp32 weights GiB | fp16 weights GiB | "
         "KV cache fp16 GiB/sample (ours) | KV cache fp16 GiB/sample (full window) |",

@@ -51,44 +51,21 @@ class Genre:
 
 INSTRUMENTS = ("organ", "fm_piano", "pluck", "chip", "brass")
 
+# one row per artist: name, Singer(center, formant_scale, tilt, vibrato_hz, vibrato_depth,
+# breath[, scoop]), instrument, description
 ARTISTS: dict[str, Artist] = {
     a.name: a
     for a in (
-        Artist(
-            "Moss Choir",
-            Singer(center=55, formant_scale=0.9, tilt=2.0, vibrato_hz=4.8, vibrato_depth=0.012,
-                   breath=0.04),
-            "organ",
-            "a low, dark male voice over a soft drawbar organ",
-        ),
-        Artist(
-            "Aster Vale",
-            Singer(center=69, formant_scale=1.17, tilt=1.3, vibrato_hz=5.6, vibrato_depth=0.009,
-                   breath=0.08, scoop=0.5),
-            "fm_piano",
-            "a bright female voice over an FM electric piano",
-        ),
-        Artist(
-            "Cobalt Strings",
-            Singer(center=62, formant_scale=1.05, tilt=1.5, vibrato_hz=5.2, vibrato_depth=0.006,
-                   breath=0.05),
-            "pluck",
-            "a light tenor over a plucked string",
-        ),
-        Artist(
-            "Pixel Kid",
-            Singer(center=67, formant_scale=1.12, tilt=0.5, vibrato_hz=0.0, vibrato_depth=0.0,
-                   breath=0.0),
-            "chip",
-            "a buzzy robotic voice without vibrato over chiptune pulse waves",
-        ),
-        Artist(
-            "Ember Brass",
-            Singer(center=58, formant_scale=0.98, tilt=1.0, vibrato_hz=6.2, vibrato_depth=0.02,
-                   breath=0.03, scoop=1.0),
-            "brass",
-            "a baritone with wide vibrato over a brass section",
-        ),
+        Artist("Moss Choir", Singer(55, 0.9, 2.0, 4.8, 0.012, 0.04), "organ",
+               "a low, dark male voice over a soft drawbar organ"),
+        Artist("Aster Vale", Singer(69, 1.17, 1.3, 5.6, 0.009, 0.08, 0.5), "fm_piano",
+               "a bright female voice over an FM electric piano"),
+        Artist("Cobalt Strings", Singer(62, 1.05, 1.5, 5.2, 0.006, 0.05), "pluck",
+               "a light tenor over a plucked string"),
+        Artist("Pixel Kid", Singer(67, 1.12, 0.5, 0.0, 0.0, 0.0), "chip",
+               "a buzzy robotic voice without vibrato over chiptune pulse waves"),
+        Artist("Ember Brass", Singer(58, 0.98, 1.0, 6.2, 0.02, 0.03, 1.0), "brass",
+               "a baritone with wide vibrato over a brass section"),
     )
 }  # fmt: skip
 
