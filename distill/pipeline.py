@@ -57,7 +57,7 @@ from student.base import CONFIG_FILE, Student, load_student
 from teacher.config import ConfigError
 from teacher.generate.jukebox import Jukebox
 from teacher.generate.result import GenerationResult
-from teacher.generate.sampler import ExactSampler, LevelSampler
+from teacher.generate.sampler import ExactSampler, LevelSampler, ProgressFn, WindowInputs
 from teacher.generate.windows import DEFAULT_CHUNK, DEFAULT_TEMPERATURE, PerLevel, per_level
 from teacher.levels import level_index, level_name
 
@@ -166,7 +166,7 @@ def resolve_level_modes(
 # the student as a level sampler
 
 
-class StudentSampler:
+class StudentSampler(LevelSampler):
     """A :class:`teacher.generate.LevelSampler` drawing a level with a parallel student.
 
     The whole window in K network passes (:func:`distill.speculative.student_sample`). A prefix
@@ -217,16 +217,12 @@ class StudentSampler:
         self.passes = 0
         self.calls = 0
 
-    def sample_window(
-        self,
-        length: int,
-        prefix: Tensor,
-        labels: Tensor | None,
-        upper: Tensor | None,
-        generator: torch.Generator | None = None,
-        progress: Callable[[int, int], None] | None = None,
+    def draw(
+        self, w: WindowInputs, generator: torch.Generator | None, progress: ProgressFn | None
     ) -> Tensor:
-        """See :class:`teacher.generate.LevelSampler`; ``upper`` ``LongTensor[B, >= length/r]``."""
+        """See :class:`~teacher.generate.sampler.LevelSampler`; ``upper`` ``LongTensor[B, >=
+        length / r]``."""
+        length, prefix, labels, upper = w.length, w.prefix, w.labels, w.upper
         if upper is None:
             raise ValueError("a student needs the upper level's codes")
         b, t0 = prefix.shape
@@ -327,7 +323,7 @@ class FastGenerationResult(GenerationResult):
     stats: dict[str, LevelStats] = field(default_factory=dict)
 
 
-class _Timed:
+class _Timed(LevelSampler):
     """Wraps a level's sampler: wall time, windows and codes into a :class:`LevelStats`."""
 
     def __init__(self, inner: LevelSampler, stats: LevelStats) -> None:
@@ -335,17 +331,12 @@ class _Timed:
         self.stats = stats
         self.n_ctx = inner.n_ctx
 
-    def sample_window(
-        self,
-        length: int,
-        prefix: Tensor,
-        labels: Tensor | None,
-        upper: Tensor | None,
-        generator: torch.Generator | None = None,
-        progress: Callable[[int, int], None] | None = None,
+    def draw(
+        self, w: WindowInputs, generator: torch.Generator | None, progress: ProgressFn | None
     ) -> Tensor:
         t = time.perf_counter()
-        out = self.inner.sample_window(length, prefix, labels, upper, generator, progress)
+        length, prefix = w.length, w.prefix
+        out = self.inner.sample_window(w.length, w.prefix, w.labels, w.upper, generator, progress)
         if out.is_cuda:  # kernels are asynchronous: time them, not their launch
             torch.cuda.synchronize(out.device)
         st = self.stats

@@ -89,7 +89,7 @@ from torch import Tensor
 
 from student.base import Student, gumbel_noise
 from teacher.config import ConfigError
-from teacher.generate.sampler import filter_logits
+from teacher.generate.sampler import LevelSampler, ProgressFn, WindowInputs, filter_logits
 from teacher.prior.attention import AttnKind
 from teacher.prior.model import Prior
 
@@ -248,7 +248,32 @@ def _gumbel_draw(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     return (logits.float() + g).argmax(dim=-1)
 
 
-class CategoricalProposal:
+class _StudentProposal:
+    """What both students' proposals share: the family check, the temperature, the receptive
+    field, the pass counter and the window's conditioning (:meth:`begin`)."""
+
+    family = ""
+
+    def __init__(self, student: Student, temperature: float = 1.0) -> None:
+        if student.family != self.family:
+            raise ConfigError(f"{type(self).__name__} needs a {self.family} student, got {student}")
+        if temperature <= 0:
+            raise ConfigError(f"the student temperature must be positive, got {temperature}")
+        self.student = student.eval()
+        self.temperature = float(temperature)
+        self.rf = receptive_field(student)
+        self.passes = 0
+        self.cond: Tensor | None = None
+
+    def begin(self, codes, n_known, labels, upper, generator) -> None:
+        length = codes.shape[1]
+        cond = self.student.condition(upper, student_labels(self.student, labels))
+        if cond.shape[1] < length:
+            raise ValueError(f"the student's conditioning covers {cond.shape[1]} < {length}")
+        self.cond = cond[:, :length]
+
+
+class CategoricalProposal(_StudentProposal):
     """Drafts from a :class:`~student.categorical.CategoricalIAF` (module docs).
 
     Args:
@@ -259,25 +284,15 @@ class CategoricalProposal:
             on the accepted prefix + latest guess (1 pass).
     """
 
+    family = "categorical"
+
     def __init__(self, student: Student, temperature: float = 1.0, restage: bool = False):
-        if student.family != "categorical":
-            raise ConfigError(f"CategoricalProposal needs a categorical student, got {student}")
-        if temperature <= 0:
-            raise ConfigError(f"the student temperature must be positive, got {temperature}")
-        self.student = student.eval()
-        self.temperature = float(temperature)
+        super().__init__(student, temperature)
         self.restage = restage
-        self.rf = receptive_field(student)
-        self.passes = 0
-        self.cond: Tensor | None = None
         self.guess: Tensor | None = None
 
     def begin(self, codes, n_known, labels, upper, generator) -> None:
-        length = codes.shape[1]
-        cond = self.student.condition(upper, student_labels(self.student, labels))
-        if cond.shape[1] < length:
-            raise ValueError(f"the student's conditioning covers {cond.shape[1]} < {length}")
-        self.cond = cond[:, :length]
+        super().begin(codes, n_known, labels, upper, generator)
         if self.restage:
             self.guess = None
             return
@@ -309,27 +324,12 @@ class CategoricalProposal:
         return tokens, torch.softmax(logits, dim=-1)
 
 
-class GaussianProposal:
+class GaussianProposal(_StudentProposal):
     """Drafts from a :class:`~student.gaussian.GaussianIAF`: ``q`` = its calibrated logits over
     a span run with fresh noise and the accepted prefix forced; drafts drawn FROM q (module
     docs). K flow passes per round."""
 
-    def __init__(self, student: Student, temperature: float = 1.0):
-        if student.family != "gaussian":
-            raise ConfigError(f"GaussianProposal needs a gaussian student, got {student}")
-        if temperature <= 0:
-            raise ConfigError(f"the student temperature must be positive, got {temperature}")
-        self.student = student.eval()
-        self.temperature = float(temperature)
-        self.rf = receptive_field(student)
-        self.passes = 0
-        self.cond: Tensor | None = None
-
-    def begin(self, codes, n_known, labels, upper, generator) -> None:
-        cond = self.student.condition(upper, student_labels(self.student, labels))
-        if cond.shape[1] < codes.shape[1]:
-            raise ValueError(f"the student's conditioning covers {cond.shape[1]} positions")
-        self.cond = cond[:, : codes.shape[1]]
+    family = "gaussian"
 
     def draft(self, codes, m, gamma, generator) -> tuple[Tensor, Tensor]:
         s0, e = max(0, m - self.rf), min(m + gamma, codes.shape[1])
@@ -418,7 +418,7 @@ class SpeculativeStats:
 LogitsHook = Callable[[int, Tensor], None]
 
 
-class SpeculativeSampler:
+class SpeculativeSampler(LevelSampler):
     """A :class:`teacher.generate.LevelSampler`: the teacher's distribution, drafted by a student
     and verified by the teacher (module docs).
 
@@ -492,17 +492,12 @@ class SpeculativeSampler:
 
     # -- LevelSampler ---------------------------------------------------------------------------
 
-    def sample_window(
-        self,
-        length: int,
-        prefix: Tensor,
-        labels: Tensor | None,
-        upper: Tensor | None,
-        generator: torch.Generator | None = None,
-        progress: Callable[[int, int], None] | None = None,
+    def draw(
+        self, w: WindowInputs, generator: torch.Generator | None, progress: ProgressFn | None
     ) -> Tensor:
-        """See :class:`teacher.generate.LevelSampler`: ``LongTensor[B, length]`` whose first
-        ``prefix.shape[1]`` codes are ``prefix``."""
+        """See :class:`~teacher.generate.sampler.LevelSampler`: ``LongTensor[B, length]`` whose
+        first ``prefix.shape[1]`` codes are ``prefix``."""
+        length, prefix, labels, upper = w.length, w.prefix, w.labels, w.upper
         cfg = self.prior.cfg
         if not 1 <= length <= cfg.n_ctx:
             raise ValueError(f"length must be in [1, n_ctx={cfg.n_ctx}], got {length}")

@@ -200,17 +200,11 @@ def teacher_samples(
 ) -> Tensor:
     """``LongTensor[B, length]`` codes sampled from the teacher (KV-cached, sequential) at its
     sampling temperature: the warm-up targets of ``ce_target="teacher"``."""
-    from teacher.generate.sampler import sample_window
+    from teacher.generate.sampler import ExactSampler
 
-    cond = teacher.prior.condition(labels, upper)
-    return sample_window(
-        teacher.prior,
-        upper.shape[0],
-        cond,
-        length,
-        temperature=loss_cfg.teacher_temperature,
-        generator=generator,
-    )
+    sampler = ExactSampler(teacher.prior, temperature=loss_cfg.teacher_temperature)
+    empty = upper.new_zeros(upper.shape[0], 0)
+    return sampler.sample_window(length, empty, labels, upper, generator=generator)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,9 +86,9 @@ def load_teacher(
     its ``vqvae.json`` names a fingerprint, was trained on this VQ-VAE's codes.
     """
     from teacher.data.labels import Vocab
-    from teacher.prior.config import load_prior_config
+    from teacher.prior.config import check_against_vqvae, load_prior_config
     from teacher.prior.model import Prior
-    from teacher.train.prior import VQVAE_LINK_FILE, check_prior_against_vqvae
+    from teacher.train.prior import VQVAE_LINK_FILE
     from teacher.vqvae import VQVAE
 
     prior_dir, vq_dir = teacher_paths(teacher_dir, level)
@@ -100,7 +100,7 @@ def load_teacher(
             f"level-{level} upsampler"
         )
     vq_cfg = load_config(VQVAEConfig, str(vq_dir / "config.json"))
-    check_prior_against_vqvae(prior_cfg, vq_cfg)
+    check_against_vqvae(prior_cfg, vq_cfg)
     vq_fp = model_fingerprint(vq_dir)
     link = prior_dir / VQVAE_LINK_FILE
     if link.is_file():

@@ -2,32 +2,9 @@
 
 Trains a parallel student (:mod:`student`) to replace one upsampler of a trained teacher
 (DESIGN §5), through the one training loop (:func:`teacher.train.loop.run_training`) with an EMA
-of the weights. The step is :func:`distill.step.distill_step`; per optimiser step:
-
-1. the student samples every code of a window in K passes from fresh noise
-   (``Student.forward``), conditioned on the true upper codes and labels of a data window;
-2. the frozen teacher prior of that level scores the student's OWN tokens in one
-   teacher-forced pass under ``no_grad``; its logits are divided by ``teacher_temperature``
-   (its sampling temperature, 0.99 as in Jukebox);
-3. the loss terms (their names are the log keys, DAC-style ``lambdas``): ``kl`` the per-token
-   reverse KL of the final stage (closed form for the categorical student; for the Gaussian one
-   the calibrated soft-assignment KL, or the Monte-Carlo cross-entropy minus the log-det entropy
-   with ``gaussian_loss="mc"``), ``kl_intermediate`` the same for the earlier stages against
-   the same teacher pass, ``mrstft`` the multi-resolution STFT loss between the audio decoded by
-   the frozen VQ-VAE decoder of the level from the student's straight-through code embeddings
-   and the decoded TRUE codes of the window (KL alone gives quiet, whispery audio: Parallel
-   WaveNet §3.2), ``power`` Parallel WaveNet's power loss, and ``ce`` a warm-up cross-entropy on
-   real (or teacher-sampled) codes whose weight decays linearly to 0 over ``ce_warmup_steps``;
-4. ``total = Σ w·term``, accelerate backward, gradient clipping, optimiser step, EMA update.
-
-Logged every ``logging_steps`` (``metrics.jsonl``, the progress bar): every term, the total,
-``kl_per_token`` (nats, vs the teacher at ``teacher_temperature``), ``kl_per_token_t1`` (vs the
-teacher at temperature 1: the main quality signal, DESIGN §5 — the teacher NLL of the student's
-samples alone is misleading, low temperatures lower it while matching the teacher worse),
-``teacher_nll_bits`` (bits/token of the student's tokens under the teacher at temperature 1),
-``accuracy`` (tokens equal to the true codes), ``student_entropy`` (nats/token of q) and the
-per-stage KL ``kl_stage{k}``; they are the main process's last micro-batch (not averaged over
-ranks). Every ``validation_steps`` the EMA student is scored on fixed windows (``val_*``).
+of the weights. One optimiser step (the student samples a window, the frozen teacher scores
+the student's own tokens in one pass, the named loss terms) and what is logged are described in
+:mod:`distill.step`.
 
 Output folder::
 
@@ -84,10 +61,15 @@ from student.config import (
     load_student_config,
 )
 from teacher.config import ConfigError, config_to_dict, load_config
-from teacher.console import setup_logging
+from teacher.console import run_main
 from teacher.io import atomic_write_json, model_fingerprint, read_json, resolve_resume
 from teacher.levels import level_index, level_name
-from teacher.train.cli import add_train_args, train_config_from_args
+from teacher.train.cli import (
+    add_data_args,
+    add_train_args,
+    data_config_from_args,
+    train_config_from_args,
+)
 from teacher.train.loop import (
     Job,
     LoopPosition,
@@ -151,7 +133,7 @@ def distill(
     from teacher.data.codes import CodeDataset, build_code_cache
     from teacher.data.labels import LabelConfig, Vocab
     from teacher.prior.config import load_prior_config
-    from teacher.train.prior import longest_file
+    from teacher.train.prior import window_data
 
     # -- everything that can be wrong is checked before any work -----------------------------
     run_cfg.validate()
@@ -199,16 +181,9 @@ def distill(
         n_tokens=0,
         lyric_version=version,
     ).validate()
-    data_cfg = dataclasses.replace(
-        data_cfg, sample_rate=vq_cfg.sample_rate, sample_length=window, labels=label_cfg
-    ).validate()
-    longest = longest_file(data_cfg)
-    if longest < window:
-        raise ConfigError(
-            f"the level-{level} window n_ctx·hop = {n_ctx}·{prior_cfg.hop_length} = {window} "
-            f"samples ({window / data_cfg.sample_rate:.2f} s) is longer than every audio file "
-            f"(longest {longest / data_cfg.sample_rate:.2f} s): lower --n_ctx"
-        )
+    data_cfg = window_data(
+        data_cfg, vq_cfg.sample_rate, level, n_ctx, prior_cfg.hop_length, label_cfg
+    )
 
     # with kl_intermediate at 0 the earlier stages get no gradient (no gradient crosses the
     # argmax between stages): only then must DDP look for parameters without one
@@ -350,8 +325,7 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--level", required=True, help="the upsampler to replace: middle or bottom")
     p.add_argument("--student", choices=FAMILIES, default=d.family, help="student family")
-    p.add_argument("--data_dir", required=True, help="folder of audio files (+ metadata)")
-    p.add_argument("--metadata", default=None, help="metadata JSONL/CSV (default: in data_dir)")
+    add_data_args(p, stereo_blend=False)
     p.add_argument(
         "--preset",
         choices=sorted(STUDENT_PRESETS),
@@ -364,55 +338,27 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             f"--{name}_weight", type=float, default=DEFAULT_WEIGHTS[name], help=f"weight of {name}"
         )
-    p.add_argument(
-        "--ce_warmup_steps",
-        type=int,
-        default=d.ce_warmup_steps,
-        help="the ce weight decays linearly to 0 over these steps",
-    )
-    p.add_argument(
-        "--ce_target",
-        choices=CE_TARGETS,
-        default=d.ce_target,
-        help="warm-up targets: the true codes or teacher samples (sequential, slow)",
-    )
-    p.add_argument(
-        "--teacher_temperature",
-        type=float,
-        default=d.teacher_temperature,
-        help="the teacher's sampling temperature (its logits are divided by it)",
-    )
-    p.add_argument("--tau", type=float, default=d.tau, help="straight-through Gumbel-softmax tau")
-    p.add_argument(
-        "--gaussian_loss",
-        choices=GAUSSIAN_OBJECTIVES,
-        default=d.gaussian_loss,
-        help="Gaussian student's KL: calibrated closed form or Monte-Carlo",
-    )
-    p.add_argument("--mc_bandwidth", type=float, default=d.mc_bandwidth)
-    p.add_argument("--ema_decay", type=float, default=d.ema_decay)
-    p.add_argument(
-        "--validation_steps",
-        type=int,
-        default=d.validation_steps,
-        help="write decoded EMA-student samples every N steps (0: never)",
-    )
-    p.add_argument("--num_validation_samples", type=int, default=d.num_validation_samples)
+    # flags named like their DistillConfig field, whose default they take: (name, type, help)
+    for name, kind, text in (
+        ("ce_warmup_steps", int, "the ce weight decays linearly to 0 over these steps"),
+        ("ce_target", CE_TARGETS, "warm-up targets: the true codes or teacher samples (slow)"),
+        ("teacher_temperature", float, "the teacher's sampling temperature (divides its logits)"),
+        ("tau", float, "straight-through Gumbel-softmax tau"),
+        ("gaussian_loss", GAUSSIAN_OBJECTIVES, "Gaussian student's KL: closed form or Monte-Carlo"),
+        ("mc_bandwidth", float, "std of the Monte-Carlo mixture around the unit-norm codes"),
+        ("ema_decay", float, "EMA decay of the exported weights"),
+        ("validation_steps", int, "write decoded EMA-student samples every N steps (0: never)"),
+        ("num_validation_samples", int, "windows per validation"),
+    ):
+        typed = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        p.add_argument(f"--{name}", default=getattr(d, name), help=text, **typed)
     p.add_argument("--code_cache_dir", default=None, help="code cache folder (default ~/.cache)")
-    p.add_argument(
-        "--data_cache",
-        choices=("decoded", "none"),
-        default="decoded",
-        help="decode each audio file once into a memory-mapped cache or seek every crop",
-    )
-    p.add_argument("--cache_dir", default=None, help="decoded audio cache folder")
     add_train_args(p)
 
 
 def distill_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`distill` from parsed arguments (the level name is resolved
     against the teacher's VQ-VAE, whose folder must exist)."""
-    from teacher.data.dataset import DataConfig
 
     vq_dir = Path(args.teacher) / VQVAE_FOLDER
     if not (vq_dir / "config.json").is_file():
@@ -436,15 +382,7 @@ def distill_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         num_validation_samples=args.num_validation_samples,
         code_cache_dir=args.code_cache_dir,
     )
-    data_cfg = DataConfig(
-        root=args.data_dir,
-        metadata=args.metadata,
-        sample_rate=vq_cfg.sample_rate,
-        aug_blend=False,
-        cache=args.data_cache,
-        cache_dir=args.cache_dir,
-        seed=args.seed,
-    )
+    data_cfg = data_config_from_args(args, vq_cfg.sample_rate)
     return dict(
         teacher_dir=args.teacher,
         data_cfg=data_cfg,
@@ -469,17 +407,7 @@ def run(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m distill.train``: exit status 0, or 2 with one error line."""
-    from teacher.data.dataset import DataError
-
-    setup_logging()
-    args = build_parser().parse_args(argv)
-    try:
-        out = run(args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 2
-    log.info("student written to %s", out)
-    return 0
+    return run_main(build_parser(), run, argv, "student")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,35 @@ class ConfigError(ValueError):
 
 
 def check(ok: bool, msg: str) -> None:
+    """Raise :class:`ConfigError` with ``msg`` unless ``ok``."""
     if not ok:
         raise ConfigError(msg)
+
+
+def check_resnet(width: int, m_conv: float, growth: int, cycle: int | None, what: str = "") -> None:
+    """Validate the settings of a dilated residual stack (Jukebox ``Resnet1D``): a residual
+    width ``int(m_conv · width) >= 1``, dilation growth >= 1 and cycle None or >= 1."""
+    check(
+        m_conv > 0 and int(m_conv * width) >= 1,
+        f"{what}m_conv must give a residual width >= 1, got {m_conv}",
+    )
+    check(growth >= 1, f"{what}dilation_growth_rate must be >= 1")
+    check(cycle is None or cycle >= 1, f"{what}dilation_cycle must be None or >= 1, got {cycle}")
+
+
+def check_stft_resolutions(
+    n_fft: tuple[int, ...], hop: tuple[int, ...], win: tuple[int, ...], what: str
+) -> None:
+    """Validate STFT resolutions given as three parallel tuples: the same (>= 1) length, and
+    each resolution with ``hop > 0`` and ``0 < win <= n_fft``."""
+    check(
+        len(n_fft) == len(hop) == len(win) >= 1,
+        f"{what}: n_fft, hop and window sizes need the same (>= 1) length",
+    )
+    check(
+        all(0 < h and 0 < w <= n for n, h, w in zip(n_fft, hop, win)),
+        f"{what}: each resolution needs hop > 0 and 0 < win <= n_fft",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from teacher.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
@@ -106,8 +108,14 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> N
 def load_tensors(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never unpickles)."""
-    return load_file(str(path), device=str(device))
+    """Load a safetensors file (never unpickles); a truncated or foreign file is a
+    ``ValueError`` naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +288,100 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading model folders: one clear error per problem
+
+CONFIG_FILE = "config.json"
+
+
+class ModelFolderError(ConfigError):
+    """A model folder cannot be loaded. The message is one line naming the folder (or file)
+    and the problem: missing, unreadable or truncated files, bad JSON, another kind of model,
+    tensors missing, unexpected or of the wrong shape."""
+
+
+def read_model_config(folder: str | os.PathLike, cls: type, kind: str) -> Any:
+    """The validated config dataclass ``cls`` of the model folder ``folder`` (a ``kind``, e.g.
+    ``"VQ-VAE"``), or :class:`ModelFolderError`: no such folder, no ``config.json``, bad JSON
+    (line and column), the config of another kind of model, unknown or invalid fields."""
+    from teacher.config import config_from_dict
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: no such {kind} folder")
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ModelFolderError(f"{folder}: no {CONFIG_FILE} (not a {kind} folder?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelFolderError(
+            f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelFolderError(f"{path}: unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    tag = data.pop("_class", cls.__name__)
+    if tag != cls.__name__:
+        raise ModelFolderError(
+            f"{folder} holds a {tag} model config, not a {kind} ({cls.__name__})"
+        )
+    try:
+        return config_from_dict(cls, data).validate()
+    except (ConfigError, TypeError, ValueError) as err:
+        raise ModelFolderError(f"{path}: invalid {kind} config: {err}") from None
+
+
+def _listed(names: list[str], limit: int = 3) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(repr(n) for n in names[:limit]) + more
+
+
+def load_model_weights(
+    model: torch.nn.Module,
+    folder: str | os.PathLike,
+    kind: str,
+    device: str | torch.device = "cpu",
+    assign: bool = False,
+) -> None:
+    """Load a model folder's weights (one file or shards) into ``model``, strictly, or raise
+    :class:`ModelFolderError`: weights missing, unreadable or truncated, or tensors missing,
+    unexpected or misshaped for this ``kind`` (the first few by name and a count). ``model``
+    may live on the meta device (``assign=True`` then adopts the loaded tensors)."""
+    from safetensors import SafetensorError
+
+    folder = Path(folder)
+    try:
+        state = load_state_dict_from_folder(folder, device=device)
+    except FileNotFoundError as err:
+        raise ModelFolderError(f"{folder}: {err}") from None
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
+        raise ModelFolderError(f"unreadable weights: {err}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(
+        f"{k} {list(state[k].shape)} (needs {list(expected[k].shape)})"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    problems = [
+        f"{len(names)} {what}: {_listed(names)}"
+        for what, names in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("misshaped", misshaped),
+        )
+        if names
+    ]
+    if problems:
+        raise ModelFolderError(
+            f"{folder}: the weights do not fit this {kind}: {'; '.join(problems)}"
+        )
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def model_fingerprint(folder: str | os.PathLike) -> str:

@@ -6,6 +6,8 @@ A 3-level teacher folder names its priors ``bottom``, ``middle`` and ``top`` (Op
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from teacher.config import ConfigError
 
 #: names of the levels of a 3-level model, by level index (0 = bottom)
@@ -42,4 +44,13 @@ def level_index(level: str | int, levels: int) -> int:
     return i
 
 
-__all__ = ["LEVEL_NAMES", "level_index", "level_name"]
+def hop_length(downs_t: Sequence[int], strides_t: Sequence[int], level: int) -> int:
+    """Audio samples per code at ``level``: the product of ``stride ** down`` over levels
+    ``0..level`` (Jukebox ``raw_to_tokens``; 8, 32, 128 for the released VQ-VAE)."""
+    acc = 1
+    for s, d in zip(strides_t[: level + 1], downs_t[: level + 1]):
+        acc *= s**d
+    return acc
+
+
+__all__ = ["LEVEL_NAMES", "hop_length", "level_index", "level_name"]

@@ -360,27 +360,20 @@ _N_CTX_5B = 8192
 _N_CTX_1B = 6144
 
 
-def _labels_v2(include_timing: bool, min_duration: float = 0.0) -> LabelConditionerConfig:
-    """hparams ``labels``: y_bins (120, 4111), t_bins 128, max_bow_genre_size 5."""
-    return LabelConditionerConfig(
-        artist_bins=4111,
-        genre_bins=120,
-        max_genres=5,
-        include_timing=include_timing,
-        t_bins=128,
-        min_duration=min_duration,
-        max_duration=600.0,
+def _released_labels(
+    version: str, include_timing: bool, min_duration: float = 0.0
+) -> LabelConditionerConfig:
+    """hparams ``labels`` (v2: y_bins (120, 4111), t_bins 128, max_bow_genre_size 5) or
+    ``labels_v3`` (v3: y_bins (604, 7898), t_bins 64, max_bow_genre_size 1)."""
+    genres, artists, max_genres, t_bins = (
+        (120, 4111, 5, 128) if version == "v2" else (604, 7898, 1, 64)
     )
-
-
-def _labels_v3(min_duration: float) -> LabelConditionerConfig:
-    """hparams ``labels_v3``: y_bins (604, 7898), t_bins 64, max_bow_genre_size 1."""
     return LabelConditionerConfig(
-        artist_bins=7898,
-        genre_bins=604,
-        max_genres=1,
-        include_timing=True,
-        t_bins=64,
+        artist_bins=artists,
+        genre_bins=genres,
+        max_genres=max_genres,
+        include_timing=include_timing,
+        t_bins=t_bins,
         min_duration=min_duration,
         max_duration=600.0,
     )
@@ -404,7 +397,7 @@ def upsampler(level: int) -> PriorConfig:
             width=1920, depth=72, heads=1, n_ctx=n_ctx, attn_order=2, blocks=128, init_scale=0.4
         ),
         # upsamplers never set min/max_duration (hparams default None): unused without timing
-        labels=_labels_v2(include_timing=False),
+        labels=_released_labels("v2", include_timing=False),
         conditioner=UpsamplerConditionerConfig(
             width=1024,
             depth=16,
@@ -429,7 +422,7 @@ def prior_5b() -> PriorConfig:
         transformer=TransformerConfig(
             width=4800, depth=72, heads=8, n_ctx=n_ctx, attn_order=2, blocks=128, init_scale=0.1
         ),
-        labels=_labels_v2(include_timing=True, min_duration=60.0),
+        labels=_released_labels("v2", include_timing=True, min_duration=60.0),
         merged_decoder=True,
     ).validate()
 
@@ -460,7 +453,7 @@ def prior_5b_lyrics() -> PriorConfig:
             init_scale=0.1,
             encoder_dims=n_tokens,
         ),
-        labels=_labels_v2(include_timing=True, min_duration=23.8),
+        labels=_released_labels("v2", include_timing=True, min_duration=23.8),
         lyrics=LyricsConfig(
             style="encoder",
             n_tokens=n_tokens,
@@ -497,7 +490,7 @@ def prior_1b_lyrics() -> PriorConfig:
             init_scale=0.2,
             prime_len=n_tokens,
         ),
-        labels=_labels_v3(min_duration=17.84),
+        labels=_released_labels("v3", include_timing=True, min_duration=17.84),
         lyrics=LyricsConfig(
             style="single",
             n_tokens=n_tokens,

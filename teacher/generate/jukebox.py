@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from teacher.config import ConfigError
+from teacher.console import progress_bar
 from teacher.data.audio import load_audio
 from teacher.data.labels import VOCAB_FILE, Vocab
 from teacher.generate.labels import WindowLabel, check_timing, resolve_names
@@ -60,6 +61,7 @@ from teacher.generate.windows import (
     plan_windows,
 )
 from teacher.levels import level_index, level_name
+from teacher.prior.config import check_against_vqvae
 from teacher.prior.model import Prior
 from teacher.vqvae import VQVAE
 
@@ -113,7 +115,7 @@ class Jukebox:
         self.priors: dict[int, Prior] = {}
         for key, prior in priors.items():
             level = level_index(key, self.levels)
-            _check_prior(prior, level, vqvae)
+            check_against_vqvae(prior.cfg, vqvae.cfg, level)
             self.priors[level] = prior.eval()
         self.vocabs: dict[int, Vocab] = {}
         for level in self.priors:
@@ -492,22 +494,6 @@ class Jukebox:
 # helpers
 
 
-def _check_prior(prior: Prior, level: int, vqvae: VQVAE) -> None:
-    cfg, vq = prior.cfg, vqvae.cfg
-    where = f"the prior given for level {level}"
-    if cfg.level != level:
-        raise ConfigError(f"{where} was built for level {cfg.level}")
-    if tuple(cfg.downs_t) != tuple(vq.downs_t) or tuple(cfg.strides_t) != tuple(vq.strides_t):
-        raise ConfigError(
-            f"{where} has geometry downs {cfg.downs_t} strides {cfg.strides_t}; the VQ-VAE "
-            f"{vq.downs_t} {vq.strides_t}"
-        )
-    if cfg.l_bins != vq.l_bins:
-        raise ConfigError(f"{where} has {cfg.l_bins} bins, the VQ-VAE {vq.l_bins}")
-    if cfg.sample_rate != vq.sample_rate:
-        raise ConfigError(f"{where} runs at {cfg.sample_rate} Hz, the VQ-VAE {vq.sample_rate} Hz")
-
-
 def _seed(seed: int | None) -> int:
     if seed is None:
         return random.SystemRandom().randrange(2**63)
@@ -539,25 +525,7 @@ class _Progress:
     """Rich progress per level (no-op when disabled); per-token updates are cheap calls."""
 
     def __init__(self, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("codes"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
+        self.bar = progress_bar(unit="codes") if enabled else None
         self._done: dict[int, int] = {}
 
     def __enter__(self) -> _Progress:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -316,11 +317,24 @@ def _inputs(core, seq: Tensor, start: Tensor, lo: int, hi: int) -> Tensor:
     return core.x_emb(seq[:, lo - 1 : hi - 1])
 
 
-__all__ = ["NOISE_BLOCK", "StepHook", "filter_logits", "gumbel_noise", "sample_window"]
-
-
 # ---------------------------------------------------------------------------------------------
 # a level's sampler, as the song loop sees it
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class WindowInputs:
+    """One window a level sampler draws: ``length`` codes whose first ``prefix.shape[1]`` are
+    ``prefix`` (``LongTensor[B, T0]``, T0 may be 0), the window's label vectors ``labels``
+    (``LongTensor[B, Y]`` or None) and, below the top, the upper level's codes over the same
+    span ``upper`` (``LongTensor[B, length / ratio]``)."""
+
+    length: int
+    prefix: Tensor
+    labels: Tensor | None
+    upper: Tensor | None
 
 
 @runtime_checkable
@@ -328,10 +342,10 @@ class LevelSampler(Protocol):
     """What the windowing loop needs from a level's sampler (exact teacher or a student).
 
     ``n_ctx`` is its window in codes. ``sample_window`` returns ``LongTensor[B, length]`` whose
-    first ``prefix.shape[1]`` codes are ``prefix`` (``LongTensor[B, T0]``, T0 may be 0), given
-    the window's label vectors ``labels`` (``LongTensor[B, Y]`` or None) and, below the top,
-    the upper level's codes over the same span ``upper`` (``LongTensor[B, length / ratio]``).
-    ``progress(done, total)`` is called as codes are drawn.
+    first ``prefix.shape[1]`` codes are ``prefix`` (see :class:`WindowInputs`);
+    ``progress(done, total)`` is called as codes are drawn. Samplers that subclass this class
+    implement :meth:`draw` (the window as one :class:`WindowInputs`); any object with
+    ``n_ctx`` and ``sample_window`` works too.
     """
 
     n_ctx: int
@@ -343,11 +357,19 @@ class LevelSampler(Protocol):
         labels: Tensor | None,
         upper: Tensor | None,
         generator: torch.Generator | None = None,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> Tensor: ...
+        progress: ProgressFn | None = None,
+    ) -> Tensor:
+        """Draw one window (class docs)."""
+        return self.draw(WindowInputs(length, prefix, labels, upper), generator, progress)
+
+    def draw(
+        self, w: WindowInputs, generator: torch.Generator | None, progress: ProgressFn | None
+    ) -> Tensor:
+        """``LongTensor[B, w.length]``: the window ``w`` with its prefix kept."""
+        raise NotImplementedError
 
 
-class ExactSampler:
+class ExactSampler(LevelSampler):
     """The teacher's autoregressive sampler (:func:`sample_window`): ``--mode exact``."""
 
     def __init__(
@@ -363,24 +385,18 @@ class ExactSampler:
         self.chunk_size = chunk_size
         self.n_ctx = prior.cfg.n_ctx
 
-    def sample_window(
-        self,
-        length: int,
-        prefix: Tensor,
-        labels: Tensor | None,
-        upper: Tensor | None,
-        generator: torch.Generator | None = None,
-        progress: Callable[[int, int], None] | None = None,
+    def draw(
+        self, w: WindowInputs, generator: torch.Generator | None, progress: ProgressFn | None
     ) -> Tensor:
         """See :class:`LevelSampler`."""
         with torch.no_grad():
-            cond = self.prior.condition(labels, upper)
+            cond = self.prior.condition(w.labels, w.upper)
         return sample_window(
             self.prior,
-            prefix.shape[0],
+            w.prefix.shape[0],
             cond,
-            length,
-            prefix=prefix if prefix.shape[1] else None,
+            w.length,
+            prefix=w.prefix if w.prefix.shape[1] else None,
             temperature=self.temperature,
             top_k=self.top_k,
             top_p=self.top_p,
@@ -388,3 +404,16 @@ class ExactSampler:
             progress=progress,
             chunk_size=self.chunk_size,
         )
+
+
+__all__ = [
+    "NOISE_BLOCK",
+    "ExactSampler",
+    "LevelSampler",
+    "ProgressFn",
+    "StepHook",
+    "WindowInputs",
+    "filter_logits",
+    "gumbel_noise",
+    "sample_window",
+]

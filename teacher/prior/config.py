@@ -30,8 +30,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from teacher.config import ConfigError, check, load_config, save_config
+from teacher.config import ConfigError, check, check_resnet, load_config, save_config
+from teacher.levels import hop_length
 from teacher.prior.transformer import TransformerConfig
+from teacher.vqvae.config import VQVAEConfig
 
 LYRIC_STYLES = ("single", "encoder")
 
@@ -90,14 +92,8 @@ class UpsamplerConditionerConfig:
     def validate(self) -> UpsamplerConditionerConfig:
         """Raise :class:`ConfigError` on a bad field; return ``self``."""
         check(self.width >= 1 and self.depth >= 1, "conditioner width and depth must be >= 1")
-        check(
-            self.m_conv > 0 and int(self.m_conv * self.width) >= 1,
-            f"conditioner m_conv must give a residual width >= 1, got {self.m_conv}",
-        )
-        check(self.dilation_growth_rate >= 1, "conditioner dilation_growth_rate must be >= 1")
-        check(
-            self.dilation_cycle is None or self.dilation_cycle >= 1,
-            f"conditioner dilation_cycle must be None or >= 1, got {self.dilation_cycle}",
+        check_resnet(
+            self.width, self.m_conv, self.dilation_growth_rate, self.dilation_cycle, "conditioner "
         )
         return self
 
@@ -200,10 +196,7 @@ class PriorConfig:
     @property
     def hop_length(self) -> int:
         """Audio samples per code at this level (Jukebox ``raw_to_tokens``)."""
-        acc = 1
-        for s, d in zip(self.strides_t[: self.level + 1], self.downs_t[: self.level + 1]):
-            acc *= s**d
-        return acc
+        return hop_length(self.downs_t, self.strides_t, self.level)
 
     @property
     def sample_length(self) -> int:
@@ -334,6 +327,24 @@ class PriorConfig:
 # (de)serialisation
 
 
+def check_against_vqvae(cfg: PriorConfig, vq: VQVAEConfig, level: int | None = None) -> None:
+    """Raise :class:`ConfigError` unless the prior ``cfg`` models codes of the VQ-VAE ``vq``
+    (its config): same hops, codebook size and sample rate,
+    and, when ``level`` is given, built for that level."""
+    where = "the prior" if level is None else f"the prior given for level {level}"
+    if level is not None and cfg.level != level:
+        raise ConfigError(f"{where} was built for level {cfg.level}")
+    if tuple(cfg.downs_t) != tuple(vq.downs_t) or tuple(cfg.strides_t) != tuple(vq.strides_t):
+        raise ConfigError(
+            f"{where} has geometry downs_t={cfg.downs_t} strides_t={cfg.strides_t}; the VQ-VAE "
+            f"downs_t={vq.downs_t} strides_t={vq.strides_t}"
+        )
+    if cfg.l_bins != vq.l_bins:
+        raise ConfigError(f"{where} has {cfg.l_bins} bins, the VQ-VAE {vq.l_bins}")
+    if cfg.sample_rate != vq.sample_rate:
+        raise ConfigError(f"{where} runs at {cfg.sample_rate} Hz, the VQ-VAE {vq.sample_rate} Hz")
+
+
 def save_prior_config(cfg: PriorConfig, path: str) -> None:
     """Write ``cfg`` as tagged JSON (nested configs included)."""
     save_config(cfg, path)
@@ -345,6 +356,7 @@ def load_prior_config(path: str) -> PriorConfig:
 
 
 __all__ = [
+    "check_against_vqvae",
     "LYRIC_STYLES",
     "LabelConditionerConfig",
     "LyricsConfig",

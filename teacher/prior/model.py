@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from teacher.io import atomic_dir, load_state_dict_from_folder, save_tensors
+from teacher.io import atomic_dir, load_model_weights, read_model_config, save_tensors
 from teacher.prior.attention import Conv1D, LayerNorm
 from teacher.prior.conditioners import LabelConditioner, UpsamplerConditioner
-from teacher.prior.config import PriorConfig, load_prior_config, save_prior_config
+from teacher.prior.config import PriorConfig, save_prior_config
 from teacher.prior.transformer import Transformer, TransformerConfig
 
 log = logging.getLogger(__name__)
@@ -408,13 +408,12 @@ class Prior(nn.Module):
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Prior:
         """Rebuild a prior saved by :meth:`save_pretrained` (strict key check)."""
         path = Path(path)
-        cfg = load_prior_config(str(path / CONFIG_FILE))
+        cfg = read_model_config(path, PriorConfig, "prior")
         # build on the meta device and adopt the loaded tensors: a 5B prior is neither
         # randomly initialised first (minutes) nor held twice in memory
         with torch.device("meta"):
             model = cls(cfg)
-        state = load_state_dict_from_folder(path, device=device)  # one file or shards
-        model.load_state_dict(state, strict=True, assign=True)
+        load_model_weights(model, path, "prior", device=device, assign=True)  # 1 file or shards
         for module in model.modules():
             if isinstance(module, ConditionalAutoregressive):
                 module.tie_weights()

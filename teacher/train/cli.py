@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from teacher.config import ConfigError, load_config
-from teacher.console import setup_logging
+from teacher.console import run_main
 from teacher.levels import level_index
 from teacher.presets import PRIOR_PRESETS, VQVAE_PRESETS, prior_preset
 from teacher.train.loop import LR_SCHEDULERS, MIXED_PRECISION, REPORT_TO, TrainConfig
@@ -75,9 +75,44 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
-def add_vqvae_args(p: argparse.ArgumentParser) -> None:
+def add_data_args(p: argparse.ArgumentParser, stereo_blend: bool = True) -> None:
+    """The data flags every trainer shares: the audio folder, its metadata, the decoded-audio
+    cache and (when the trainer reads stereo crops) the stereo blend."""
     p.add_argument("--data_dir", required=True, help="folder of audio files (+ metadata)")
     p.add_argument("--metadata", default=None, help="metadata JSONL/CSV (default: in data_dir)")
+    if stereo_blend:
+        p.add_argument("--no_aug_blend", action="store_true", help="fixed 0.5 stereo downmix")
+    p.add_argument(
+        "--data_cache",
+        choices=("decoded", "none"),
+        default="decoded",
+        help="decode each audio file once into a memory-mapped cache (fastest) or seek every crop",
+    )
+    p.add_argument(
+        "--cache_dir", default=None, help="decoded audio cache folder (default ~/.cache)"
+    )
+
+
+def data_config_from_args(args: argparse.Namespace, sample_rate: int, **fields: Any) -> Any:
+    """The :class:`~teacher.data.dataset.DataConfig` of :func:`add_data_args`' flags at
+    ``sample_rate`` (``fields`` set the rest, e.g. ``sample_length``, ``labels``)."""
+    from teacher.data.dataset import DataConfig
+
+    return DataConfig(
+        root=args.data_dir,
+        metadata=args.metadata,
+        sample_rate=sample_rate,
+        aug_blend=not getattr(args, "no_aug_blend", True),
+        cache=args.data_cache,
+        cache_dir=args.cache_dir,
+        seed=args.seed,
+        **fields,
+    )
+
+
+def add_vqvae_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``train vqvae``."""
+    add_data_args(p)
     p.add_argument(
         "--preset", choices=sorted(VQVAE_PRESETS), default="small", help="VQ-VAE size preset"
     )
@@ -86,20 +121,11 @@ def add_vqvae_args(p: argparse.ArgumentParser) -> None:
         "--sample_length", type=int, default=None, help="crop in samples (multiple of top hop)"
     )
     p.add_argument("--l_bins", type=int, default=None, help="codebook size override")
-    p.add_argument("--no_aug_blend", action="store_true", help="fixed 0.5 stereo downmix")
-    p.add_argument(
-        "--data_cache",
-        choices=("decoded", "none"),
-        default="decoded",
-        help="decode each file once into a memory-mapped cache (fastest) or seek every crop",
-    )
-    p.add_argument("--cache_dir", default=None, help="decoded cache folder (default ~/.cache)")
     add_train_args(p)
 
 
 def vqvae_configs_from_args(args: argparse.Namespace) -> tuple[VQVAEConfig, Any, TrainConfig]:
     """Build (model, data, run) configs from parsed ``train vqvae`` arguments."""
-    from teacher.data.dataset import DataConfig
 
     model_cfg = VQVAE_PRESETS[args.preset]()
     overrides = {
@@ -108,15 +134,8 @@ def vqvae_configs_from_args(args: argparse.Namespace) -> tuple[VQVAEConfig, Any,
         if getattr(args, k) is not None
     }
     model_cfg = dataclasses.replace(model_cfg, **overrides).validate()
-    data_cfg = DataConfig(
-        root=args.data_dir,
-        metadata=args.metadata,
-        sample_rate=model_cfg.sample_rate,
-        sample_length=model_cfg.sample_length,
-        aug_blend=not args.no_aug_blend,
-        cache=args.data_cache,
-        cache_dir=args.cache_dir,
-        seed=args.seed,
+    data_cfg = data_config_from_args(
+        args, model_cfg.sample_rate, sample_length=model_cfg.sample_length
     )
     return model_cfg, data_cfg, train_config_from_args(args)
 
@@ -135,8 +154,7 @@ def add_prior_args(p: argparse.ArgumentParser) -> None:
         "--level", required=True, help="top, middle or bottom (or a level index, 0 = bottom)"
     )
     p.add_argument("--vqvae", required=True, help="trained VQ-VAE folder (frozen; gives the codes)")
-    p.add_argument("--data_dir", required=True, help="folder of audio files (+ metadata)")
-    p.add_argument("--metadata", default=None, help="metadata JSONL/CSV (default: in data_dir)")
+    add_data_args(p)
     p.add_argument(
         "--preset",
         choices=PRIOR_PRESETS,
@@ -167,20 +185,11 @@ def add_prior_args(p: argparse.ArgumentParser) -> None:
         "~/.cache/fastjukebox/codes/<fingerprint>); rebuilt only when the VQ-VAE or the "
         "audio changes",
     )
-    p.add_argument("--no_aug_blend", action="store_true", help="fixed 0.5 stereo downmix")
-    p.add_argument(
-        "--data_cache",
-        choices=("decoded", "none"),
-        default="decoded",
-        help="decode each audio file once into a memory-mapped cache or seek every crop",
-    )
-    p.add_argument("--cache_dir", default=None, help="decoded audio cache folder")
     add_train_args(p)
 
 
 def prior_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`train_prior` from parsed ``train prior`` arguments."""
-    from teacher.data.dataset import DataConfig
     from teacher.data.labels import LabelConfig
 
     vq_path = Path(args.vqvae)
@@ -191,16 +200,11 @@ def prior_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     prior_cfg = prior_preset(
         args.preset, level, vq_cfg, args.n_ctx, args.n_tokens, args.lyric_version
     )
-    data_cfg = DataConfig(
-        root=args.data_dir,
-        metadata=args.metadata,
-        sample_rate=vq_cfg.sample_rate,
+    data_cfg = data_config_from_args(
+        args,
+        vq_cfg.sample_rate,
         sample_length=prior_cfg.sample_length,
-        aug_blend=not args.no_aug_blend,
         labels=LabelConfig(lyric_version=args.lyric_version),
-        cache=args.data_cache,
-        cache_dir=args.cache_dir,
-        seed=args.seed,
     )
     return dict(
         prior_cfg=prior_cfg,
@@ -233,14 +237,4 @@ def run(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m teacher.train``: exit status 0, or 2 with one error line."""
-    setup_logging()
-    args = build_parser().parse_args(argv)
-    from teacher.data.dataset import DataError
-
-    try:
-        out = run(args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 2
-    log.info("model written to %s", out)
-    return 0
+    return run_main(build_parser(), run, argv, "model")

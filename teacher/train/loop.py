@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from teacher.config import ConfigError
+from teacher.console import progress_bar
 from teacher.io import (
     STATE_FILE,
     atomic_dir,
@@ -199,28 +200,6 @@ class MetricsLog:
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
             log.info("metrics log cut back to step %d (%d later lines dropped)", step, dropped)
-
-
-def make_progress(enabled: bool) -> Any:
-    """A rich progress bar with a free-text field for the current losses."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        disable=not enabled,
-    )
 
 
 def resumable_batches(
@@ -479,7 +458,7 @@ def run_training(accelerator: Any, cfg: TrainConfig, job: Job, resume: Path | No
         return state
 
     model.train()
-    with make_progress(main) as progress:
+    with progress_bar(main, info=True) as progress:
         start_step = pos.step
         task = progress.add_task(job.name, total=cfg.max_train_steps, completed=start_step, info="")
         batches = resumable_batches(accelerator, loader, job.dataset, generator, cfg.seed, pos)
@@ -537,7 +516,6 @@ __all__ = [
     "TrainConfig",
     "lr_lambda",
     "make_accelerator",
-    "make_progress",
     "prepare_training",
     "restore_checkpoint",
     "resumable_batches",

@@ -39,19 +39,6 @@ def _fit_labels(cfg: Any, vocab: Any) -> Any:
     return dataclasses.replace(cfg, labels=labels).validate()
 
 
-def check_prior_against_vqvae(cfg: Any, vq: VQVAEConfig) -> None:
-    """Raise :class:`ConfigError` when a prior does not model codes of this VQ-VAE's geometry."""
-    if cfg.l_bins != vq.l_bins:
-        raise ConfigError(f"prior l_bins {cfg.l_bins} != VQ-VAE l_bins {vq.l_bins}")
-    if tuple(cfg.downs_t) != tuple(vq.downs_t) or tuple(cfg.strides_t) != tuple(vq.strides_t):
-        raise ConfigError(
-            f"prior geometry downs_t={cfg.downs_t} strides_t={cfg.strides_t} differs from the "
-            f"VQ-VAE's downs_t={vq.downs_t} strides_t={vq.strides_t}"
-        )
-    if cfg.sample_rate != vq.sample_rate:
-        raise ConfigError(f"prior sample_rate {cfg.sample_rate} != VQ-VAE {vq.sample_rate}")
-
-
 def longest_file(data_cfg: Any) -> int:
     """Length in samples (model rate) of the longest readable audio file; headers only."""
     from teacher.data.audio import AudioError, probe, resampled_length
@@ -70,6 +57,26 @@ def longest_file(data_cfg: Any) -> int:
             longest, resampled_length(info.frames, info.sample_rate, data_cfg.sample_rate)
         )
     return longest
+
+
+def window_data(
+    data_cfg: Any, sample_rate: int, level: int, n_ctx: int, hop_length: int, label_cfg: Any
+) -> Any:
+    """``data_cfg`` for windows of ``n_ctx`` codes of ``level`` (``n_ctx · hop_length`` samples
+    at ``sample_rate``, labels by ``label_cfg``); a :class:`ConfigError` when the window is
+    longer than every audio file (headers only: nothing is decoded)."""
+    window = n_ctx * hop_length
+    data_cfg = dataclasses.replace(
+        data_cfg, sample_rate=sample_rate, sample_length=window, labels=label_cfg
+    ).validate()
+    longest = longest_file(data_cfg)
+    if longest < window:
+        raise ConfigError(
+            f"the level-{level} window n_ctx·hop = {n_ctx}·{hop_length} = {window} "
+            f"samples ({window / sample_rate:.2f} s) is longer than every audio file "
+            f"(longest {longest / sample_rate:.2f} s): lower --n_ctx"
+        )
+    return data_cfg
 
 
 def _check_timing(cfg: Any, lengths: Sequence[int]) -> None:
@@ -127,7 +134,7 @@ def train_prior(
     from teacher.data.codes import CODES_MODES, CodeDataset, build_code_cache
     from teacher.data.dataset import AudioDataset, scan_audio
     from teacher.data.labels import LabelConfig, Vocab
-    from teacher.prior.config import load_prior_config
+    from teacher.prior.config import check_against_vqvae, load_prior_config
     from teacher.prior.model import Prior
     from teacher.vqvae import VQVAE
 
@@ -151,7 +158,7 @@ def train_prior(
                 f"{resume} was trained on the codes of another VQ-VAE "
                 f"({read_json(link)['path']}); --vqvae {vq_path} has different weights"
             )
-    check_prior_against_vqvae(prior_cfg, vq_cfg)
+    check_against_vqvae(prior_cfg, vq_cfg)
     level, n_ctx = prior_cfg.level, prior_cfg.n_ctx
     window = prior_cfg.sample_length  # n_ctx · hop samples
     label_cfg = LabelConfig(
@@ -164,16 +171,9 @@ def train_prior(
             f"lyrics n_vocab {prior_cfg.lyrics.n_vocab} != {label_cfg.n_vocab} of lyric "
             f"version {label_cfg.lyric_version}"
         )
-    data_cfg = dataclasses.replace(
-        data_cfg, sample_rate=vq_cfg.sample_rate, sample_length=window, labels=label_cfg
-    ).validate()
-    longest = longest_file(data_cfg)
-    if longest < window:
-        raise ConfigError(
-            f"the level-{level} window n_ctx·hop = {n_ctx}·{prior_cfg.hop_length} = {window} "
-            f"samples ({window / data_cfg.sample_rate:.2f} s) is longer than every audio file "
-            f"(longest {longest / data_cfg.sample_rate:.2f} s): lower --n_ctx"
-        )
+    data_cfg = window_data(
+        data_cfg, vq_cfg.sample_rate, level, n_ctx, prior_cfg.hop_length, label_cfg
+    )
 
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
@@ -305,7 +305,7 @@ def train_prior(
 
 __all__ = [
     "VQVAE_LINK_FILE",
-    "check_prior_against_vqvae",
     "longest_file",
     "train_prior",
+    "window_data",
 ]

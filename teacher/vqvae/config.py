@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from teacher.config import check
+from teacher.config import check, check_resnet, check_stft_resolutions
+from teacher.levels import hop_length
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,7 @@ class VQVAEConfig:
     @property
     def hop_lengths(self) -> tuple[int, ...]:
         """Samples per code at each level (cumulative product of ``stride ** down``)."""
-        hops, acc = [], 1
-        for s, d in zip(self.strides_t, self.downs_t):
-            acc *= s**d
-            hops.append(acc)
-        return tuple(hops)
+        return tuple(hop_length(self.downs_t, self.strides_t, lv) for lv in range(self.levels))
 
     def validate(self) -> VQVAEConfig:
         """Raise :class:`ConfigError` naming the first bad field; return ``self``."""
@@ -100,15 +97,7 @@ class VQVAEConfig:
             all(m >= 1 for m in self.multipliers),
             f"multipliers must be >= 1, got {self.multipliers}",
         )
-        check(
-            self.m_conv > 0 and int(self.m_conv * self.width) >= 1,
-            f"m_conv must give a residual width >= 1, got {self.m_conv}",
-        )
-        check(self.dilation_growth_rate >= 1, "dilation_growth_rate must be >= 1")
-        check(
-            self.dilation_cycle is None or self.dilation_cycle >= 1,
-            f"dilation_cycle must be None or >= 1, got {self.dilation_cycle}",
-        )
+        check_resnet(self.width, self.m_conv, self.dilation_growth_rate, self.dilation_cycle)
         check(self.revival_threshold >= 0, "revival_threshold must be >= 0")
         for name in ("commit", "multispectral", "spectral", "lmix_l1", "lmix_l2", "lmix_linf"):
             check(getattr(self, name) >= 0, f"loss weight {name} must be >= 0")
@@ -117,16 +106,8 @@ class VQVAEConfig:
             bw.l1 > 0 and bw.l2 > 0 and bw.spec > 0,
             f"bandwidth statistics must be positive, got {bw}",
         )
-        check(
-            len(self.multispec_n_fft) == len(self.multispec_hop) == len(self.multispec_win),
-            "multispec_n_fft, multispec_hop and multispec_win must have the same length",
-        )
-        check(
-            all(
-                0 < h and 0 < w <= n
-                for n, h, w in zip(self.multispec_n_fft, self.multispec_hop, self.multispec_win)
-            ),
-            "each multispectral resolution needs hop > 0 and 0 < win <= n_fft",
+        check_stft_resolutions(
+            self.multispec_n_fft, self.multispec_hop, self.multispec_win, "multispectral loss"
         )
         check(self.linf_k > 0, "linf_k must be positive")
         return self

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from teacher.config import load_config, save_config
-from teacher.io import atomic_dir, load_state_dict_from_folder, save_tensors
+from teacher.config import save_config
+from teacher.io import atomic_dir, load_model_weights, read_model_config, save_tensors
 from teacher.vqvae import losses
 from teacher.vqvae.config import VQVAEConfig
 from teacher.vqvae.modules import Decoder, Encoder
@@ -306,7 +306,6 @@ class VQVAE(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> VQVAE:
         """Rebuild a model saved by :meth:`save_pretrained` (strict load), in eval mode."""
-        path = Path(path)
-        model = cls(load_config(VQVAEConfig, str(path / CONFIG_FILE)))
-        model.load_state_dict(load_state_dict_from_folder(path), strict=True)  # 1 or N shards
+        model = cls(read_model_config(path, VQVAEConfig, "VQ-VAE"))
+        load_model_weights(model, path, "VQ-VAE")  # one file or shards
         return model.to(device).eval()
