@@ -60,7 +60,7 @@ def synthetic_configs(depth: int):
 
 def write_checkpoints(folder: Path, depth: int, legacy: bool) -> int:
     """OpenAI-style ``.pth.tar`` files of random weights; returns their total size in bytes."""
-    from teacher.released.convert import _expected
+    from teacher.released.convert import expected_tensors
 
     folder.mkdir(parents=True, exist_ok=True)
     cfgs = synthetic_configs(depth)
@@ -70,7 +70,7 @@ def write_checkpoints(folder: Path, depth: int, legacy: bool) -> int:
     for name, cfg in files.items():
         state = {
             k: torch.randn(shape, generator=g, dtype=dtype)
-            for k, (shape, dtype) in _expected(cfg).items()
+            for k, (shape, dtype) in expected_tensors(cfg).items()
         }
         torch.save(
             {"model": state, "step": 0},

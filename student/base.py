@@ -29,8 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from student.config import StudentConfig, load_student_config, save_student_config
-from teacher.io import atomic_dir, load_tensors, save_tensors
+from student.config import StudentConfig, save_student_config
+from teacher.io import (
+    ModelFolderError,
+    atomic_dir,
+    load_model_weights,
+    read_model_config,
+    save_tensors,
+)
 from teacher.prior.conditioners import LabelConditioner, UpsamplerConditioner
 
 log = logging.getLogger(__name__)
@@ -315,13 +321,14 @@ class Student(nn.Module):
         """Rebuild a student saved by :meth:`save_pretrained` (strict key check). Called on
         :class:`Student` it picks the family from the config."""
         path = Path(path)
-        cfg = load_student_config(str(path / CONFIG_FILE))
+        cfg = read_model_config(path, StudentConfig, "student")
         target = Student._registry[cfg.family] if cls is Student else cls
         if target.family != cfg.family:
-            raise ValueError(f"{path} holds a {cfg.family} student, not a {target.family} one")
+            raise ModelFolderError(
+                f"{path} holds a {cfg.family} student, not a {target.family} one"
+            )
         model = target(cfg)
-        state = load_tensors(path / WEIGHTS_FILE, device=device or "cpu")
-        model.load_state_dict(state, strict=True)
+        load_model_weights(model, path, f"{cfg.family} student", device=device or "cpu")
         return model.to(device or "cpu")
 
 

@@ -98,7 +98,9 @@ class ConvertResult:
     seconds: float
 
 
-def _expected(cfg: VQVAEConfig | PriorConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+def expected_tensors(
+    cfg: VQVAEConfig | PriorConfig,
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Shapes and dtypes of the checkpoint tensors of ``cfg``'s model (built on the meta
     device, so a 5B prior costs nothing). The VQ-VAE's EMA buffers are not expected."""
     from teacher.prior.model import Prior
@@ -116,7 +118,7 @@ def _problems(part: _Part, what: str) -> list[str]:
     """Everything wrong with ``part``'s tensors against its config, as messages naming the
     file and tensor (empty when it converts). Fills a tied output head that a format left out
     (transformers cannot save tied tensors as safetensors)."""
-    expected = _expected(part.cfg)
+    expected = expected_tensors(part.cfg)
     tensors = part.tensors
     if isinstance(part.cfg, PriorConfig) and not part.cfg.merged_decoder:
         tied, emb = "prior.x_out.weight", "prior.x_emb.weight"

@@ -506,9 +506,9 @@ def test_cli_errors_name_the_file_and_tensor(openai_dir, tmp_path, capsys, monke
 
 
 def _full_size_checkpoint(path, cfg):
-    from teacher.released.convert import _expected
+    from teacher.released.convert import expected_tensors
 
-    state = {k: torch.zeros((), dtype=d).expand(s) for k, (s, d) in _expected(cfg).items()}
+    state = {k: torch.zeros((), dtype=d).expand(s) for k, (s, d) in expected_tensors(cfg).items()}
     torch.save({"model": state}, path)  # stores one element per tensor
 
 
