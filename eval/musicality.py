@@ -94,7 +94,13 @@ def _chroma(x: np.ndarray, sample_rate: int) -> np.ndarray:
 
     with warnings.catch_warnings():  # the CQT's low octaves on short clips: expected
         warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
-        return librosa.feature.chroma_cqt(y=x, sr=sample_rate, hop_length=512)
+        warnings.filterwarnings("ignore", message="Trying to estimate tuning", category=UserWarning)
+        # 7 octaves from C1 as librosa does, fewer where they would pass the Nyquist frequency
+        fmin = float(librosa.note_to_hz("C1"))
+        octaves = int(np.clip(np.floor(np.log2(sample_rate / 2 / (fmin * 1.1))), 1, 7))
+        return librosa.feature.chroma_cqt(
+            y=x, sr=sample_rate, hop_length=512, fmin=fmin, n_octaves=octaves
+        )
 
 
 def chroma_similarity(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
@@ -132,17 +138,21 @@ class Musicality:
 
 
 def musicality(
-    audio: np.ndarray, sample_rate: int, reference: np.ndarray | None = None
+    audio: np.ndarray,
+    sample_rate: int,
+    reference: np.ndarray | None = None,
+    reference_track: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Musicality:
     """Every measure of this module for ``audio`` (``float[T]``), against ``reference`` (the
-    ground truth of the same clip) when given; pyin runs once per signal."""
+    ground truth of the same clip) when given; pyin runs once per signal (pass the reference's
+    :func:`pitch_track` as ``reference_track`` to reuse it)."""
     x = _mono(audio)
     track = pitch_track(x, sample_rate)
     voiced = float(track[1].mean()) if track[1].size else float("nan")
     agree = chroma = float("nan")
     if reference is not None:
         ref = _mono(reference)
-        agree = agreement_of_tracks(pitch_track(ref, sample_rate), track)
+        agree = agreement_of_tracks(reference_track or pitch_track(ref, sample_rate), track)
         chroma = chroma_similarity(ref, x, sample_rate)
     return Musicality(voiced, agree, chroma, spectral_flatness(x, sample_rate))
 

@@ -26,6 +26,7 @@ from eval import metrics as M
 from eval.alignment import attention_alignment
 from eval.clips import Clip, WindowLabels, score_windows, windowed_nll_bits
 from eval.embeddings import embedding_map
+from eval.musicality import mean_musicality, musicality, pitch_track
 from eval.results import AttentionAlignment, EmbeddingMap
 from eval.speed import (
     StageSpeed,
@@ -245,6 +246,9 @@ class Evaluation:
         self.fd_frames = _fd_frames(t_latent, fd_frames)
         self.kept: dict[str, tuple[int, np.ndarray]] = {}
         self.spectrograms: list[str] = []
+        # the ground truth's pitch tracks, computed once: every musicality is measured against
+        self.ref_audio = [a.reshape(-1).float().cpu().numpy() for a in audio]
+        self.ref_tracks = [pitch_track(a, self.sr) for a in self.ref_audio]
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -253,6 +257,30 @@ class Evaluation:
         self.kept[name] = (self.sr, x.reshape(-1).float().cpu().numpy())
         if spectrogram:
             self.spectrograms.append(name)
+
+    def music(self, x: Tensor) -> dict[str, float]:
+        """Mean musicality (:mod:`eval.musicality`) of ``x`` (``Tensor[N, 1, T]``, one row per
+        clip) against the clips."""
+        rows = [
+            musicality(est, self.sr, ref, track)
+            for est, ref, track in zip(
+                x.reshape(x.shape[0], -1).float().cpu().numpy(), self.ref_audio, self.ref_tracks
+            )
+        ]
+        return mean_musicality(rows)
+
+    def compare(self, x: Tensor) -> dict[str, float]:
+        """The audio metrics and the musicality of ``x`` (``Tensor[N, 1, T]``) against the
+        clips."""
+        return {**audio_metrics(self.audio, x, self.sr), **self.music(x)}
+
+    def ground_truth(self) -> dict[str, float]:
+        """The clips' own musicality (pitch agreement and chroma similarity are 1 by
+        definition): what every row is measured against."""
+        return mean_musicality([musicality(a, self.sr) for a in self.ref_audio]) | {
+            "pitch_agreement": 1.0,
+            "chroma_similarity": 1.0,
+        }
 
     def fd(self, x: Tensor) -> float:
         """FD-VQ between the clips and ``x`` (``Tensor[N, 1, T]``)."""
@@ -280,7 +308,7 @@ class Evaluation:
         out = {}
         for lv in range(self.top, -1, -1):
             out[self.names[lv]] = {
-                **audio_metrics(self.audio, self.recon[lv], self.sr),
+                **self.compare(self.recon[lv]),
                 "codebook": _usage(self.codes[lv], self.l_bins),
                 "codes": int(self.codes[lv].shape[1]),
             }
@@ -298,11 +326,11 @@ class Evaluation:
         entry: dict[str, Any] = {
             "real_codes_nll_bits": self.nll(lv, self.codes[lv]),
             "ceiling": {
-                **audio_metrics(self.audio, self.recon[lv], self.sr),
+                **self.compare(self.recon[lv]),
                 "token_accuracy": 1.0,
             },
             "floor": {
-                **audio_metrics(self.audio, self.floor[lv], self.sr),
+                **self.compare(self.floor[lv]),
                 "token_accuracy": self.accuracy(lv, self.rand[lv]),
                 "nll_bits": self.nll(lv, self.rand[lv]),
             },
@@ -317,7 +345,7 @@ class Evaluation:
             m: dict[str, Any] = {
                 "nll_bits": self.nll(lv, gen),
                 "token_accuracy": self.accuracy(lv, gen),
-                **audio_metrics(self.audio, run.audio[lv], self.sr),
+                **self.compare(run.audio[lv]),
                 "codebook": _usage(gen, self.l_bins),
                 "speed": _speed(
                     f"{name} {sampler}",
@@ -358,7 +386,7 @@ class Evaluation:
         }
         out = {
             "level_modes": {self.names[lv]: plan[lv] for lv in self.upsamplers},
-            **audio_metrics(self.audio, run.audio[self.bottom], self.sr),
+            **self.compare(run.audio[self.bottom]),
             "fd_vq": self.fd(run.audio[self.bottom]),
             "levels": per_level,
             "speed": _speed(
@@ -381,12 +409,13 @@ class Evaluation:
         self.keep(f"random codes (floor, {self.names[lv]})", self.floor[lv][0])
         return {
             "level": self.names[lv],
+            "ground_truth": self.ground_truth(),
             "ceiling": {
-                **audio_metrics(self.audio, self.recon[lv], self.sr),
+                **self.compare(self.recon[lv]),
                 "fd_vq": self.fd(self.recon[lv]),
             },
             "floor": {
-                **audio_metrics(self.audio, self.floor[lv], self.sr),
+                **self.compare(self.floor[lv]),
                 "fd_vq": self.fd(self.floor[lv]),
             },
         }
@@ -412,7 +441,9 @@ class Evaluation:
                 )
             stages = {n: st.seconds for n, st in res.stats.items()}
             total = sum(stages.values())
+            song = res.audio[min(res.audio)][0].reshape(-1).float().cpu().numpy()
             per_mode[mode] = {
+                "musicality": musicality(song, self.sr).to_dict(),
                 "stages": stages,
                 "total_s": total,
                 "call_s": timer.result.wall_s,

@@ -61,11 +61,20 @@ def get(d: Mapping[str, Any] | None, *keys: str) -> Any:
 #: the audio distances every quality table shows, in this order: metric keys and headers
 AUDIO_KEYS = ("sc_db", "mrstft", "mel_l1")
 AUDIO_HEADERS = ("SC dB", "MR-STFT", "mel L1")
+#: the musicality columns (:mod:`eval.musicality`)
+MUSIC_KEYS = ("voiced", "pitch_agreement", "chroma_similarity", "flatness")
+MUSIC_HEADERS = ("voiced", "pitch agr.", "chroma sim.", "flatness")
+MUSIC_CAPTION = (
+    " Musicality: voiced = fraction of pyin frames voiced (80 Hz-1 kHz); pitch agr. = of the "
+    "ground truth's voiced frames, the fraction voiced within 50 cents of it; chroma sim. = "
+    "mean frame-wise cosine of chroma_cqt; flatness = spectral flatness (~0 tones, 1 noise)."
+)
 
 
 def cells(m: Mapping[str, Any], *keys: str) -> list[str]:
-    """:func:`fmt` of ``m[key]`` for each key, in order: a run of a row's metric cells."""
-    return [fmt(m[k]) for k in keys]
+    """:func:`fmt` of ``m[key]`` for each key, in order (a dash where a key is missing): a run
+    of a row's metric cells."""
+    return [fmt(m.get(k)) for k in keys]
 
 
 def headline_numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -80,8 +89,13 @@ def headline_numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
             v = get(bounds, side, key)
             if v is not None:
                 out[f"{side} {label} ({level})"] = v
+    gt = get(bounds, "ground_truth", "voiced")
+    if gt is not None:
+        out["ground truth: voiced fraction"] = gt
     for mode, m in metrics.get("modes", {}).items():
         out[f"{mode}: MR-STFT ({level})"] = m["mrstft"]
+        if m.get("pitch_agreement") is not None:
+            out[f"{mode}: pitch agreement"] = m["pitch_agreement"]
         out[f"{mode}: FD-VQ"] = m["fd_vq"]
         if "speedup" in m:
             out[f"{mode}: upsampling speedup"] = m["speedup"]
@@ -89,6 +103,9 @@ def headline_numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
     for mode, m in e2e.get("modes", {}).items():
         if "speedup" in m:
             out[f"{mode}: end-to-end speedup"] = m["speedup"]
+        voiced = get(m, "musicality", "voiced")
+        if voiced is not None:
+            out[f"{mode}: song from nothing, voiced fraction"] = voiced
     if "amdahl_bound" in e2e:
         out["Amdahl bound (free upsampling)"] = e2e["amdahl_bound"]
     nll = get(metrics, "top_prior", "real_codes_nll_bits")
@@ -194,6 +211,7 @@ def timing_table(e2e: Mapping[str, Any]) -> Table | None:
                 fmt(m.get("speedup")),
                 fmt(m.get("amdahl_predicted")),
                 fmt(_mib(m.get("peak_mem_bytes"))),
+                *cells(m.get("musicality", {}), "voiced", "flatness"),
             ]
         )
     cap = f"One {fmt(e2e.get('song_seconds'))} s song sampled from nothing; seconds inside each "
@@ -201,7 +219,8 @@ def timing_table(e2e: Mapping[str, Any]) -> Table | None:
         "stage's sampler (decoding excluded). RTF: audio seconds per wall second. Amdahl "
         "predicted: the speedup Amdahl's law gives from this mode's per-stage speedups over the "
         "exact run's stage times (it differs from the measured one by the top stage's "
-        "run-to-run noise)."
+        "run-to-run noise). voiced / flatness: the song's pyin voiced fraction and spectral "
+        "flatness (compare with the ground truth row of the modes table)."
     )
     if "amdahl_bound" in e2e:
         cap += (
@@ -219,6 +238,8 @@ def timing_table(e2e: Mapping[str, Any]) -> Table | None:
             "speedup",
             "Amdahl predicted",
             "peak MiB",
+            "voiced",
+            "flatness",
         ],  # fmt: skip
         rows,
         cap,
@@ -234,18 +255,26 @@ def reconstruction_table(metrics: Mapping[str, Any]) -> Table:
     for level, m in metrics.get("reconstruction", {}).items():
         cb = m["codebook"]
         used = [f"{cb['used']}", fmt(100 * cb["fraction"]), fmt(cb["perplexity"])]
-        rows.append([level, *cells(m, *AUDIO_KEYS, "si_sdr"), *used])
+        rows.append([level, *cells(m, *AUDIO_KEYS, "si_sdr", *MUSIC_KEYS), *used])
     cap = (
         "Each level encodes and decodes the clips on its own codes. SC dB = 20·log10(spectral "
         "convergence), lower is better; MR-STFT: multi-resolution STFT distance; mel L1 of "
-        "log-mel power; SI-SDR in dB (higher is better)."
+        "log-mel power; SI-SDR in dB (higher is better)." + MUSIC_CAPTION
     )
     nll = get(metrics, "top_prior", "real_codes_nll_bits")
     if nll is not None:
         cap += f" Top prior NLL of the real top-level codes: {fmt(nll)} bits/token."
     return Table(
         "Per-level reconstruction",
-        ["level", *AUDIO_HEADERS, "SI-SDR dB", "codes used", "usage %", "perplexity"],
+        [
+            "level",
+            *AUDIO_HEADERS,
+            "SI-SDR dB",
+            *MUSIC_HEADERS,
+            "codes used",
+            "usage %",
+            "perplexity",
+        ],
         rows,
         cap,
     )
@@ -261,7 +290,7 @@ def students_tables(metrics: Mapping[str, Any]) -> list[Table]:
             kl = [fmt(m.get(k)) for k in ("kl_per_token", "entropy_per_token")]
             speed = [*cells(sp, "wall_s", "rtf", "tokens_per_s"), fmt(_mib(sp["peak_mem_bytes"]))]
             acceptance = fmt(spec.get("acceptance_rate")) if spec else "—"
-            audio = cells(m, "token_accuracy", *AUDIO_KEYS)
+            audio = cells(m, "token_accuracy", *AUDIO_KEYS, "voiced", "pitch_agreement")
             rows.append(
                 [name, fmt(m["nll_bits"]), *kl, *audio, *speed, fmt(m.get("speedup")), acceptance]
             )
@@ -269,7 +298,7 @@ def students_tables(metrics: Mapping[str, Any]) -> list[Table]:
             m = entry[side]
             nll = entry["real_codes_nll_bits"] if side == "ceiling" else m.get("nll_bits")
             label = f"{side} ({'true' if side == 'ceiling' else 'random'} codes)"
-            audio = cells(m, "token_accuracy", *AUDIO_KEYS)
+            audio = cells(m, "token_accuracy", *AUDIO_KEYS, "voiced", "pitch_agreement")
             rows.append([label, fmt(nll), "—", "—", *audio, *["—"] * 6])
         out.append(
             Table(
@@ -281,6 +310,8 @@ def students_tables(metrics: Mapping[str, Any]) -> list[Table]:
                     "entropy nats",
                     "token acc.",
                     *AUDIO_HEADERS,
+                    "voiced",
+                    "pitch agr.",
                     "wall s",
                     "RTF",
                     "tokens/s",
@@ -308,28 +339,41 @@ def modes_table(metrics: Mapping[str, Any]) -> Table | None:
         plan = ", ".join(f"{k}={v}" for k, v in m["level_modes"].items())
         sp = m["speed"]
         speed = cells(sp, "wall_s", "tokens_per_s")
-        rows.append([mode, plan, *cells(m, *AUDIO_KEYS, "fd_vq"), *speed, fmt(m.get("speedup"))])
-    for side in ("ceiling", "floor"):
+        quality = cells(m, *AUDIO_KEYS, "fd_vq", *MUSIC_KEYS)
+        rows.append([mode, plan, *quality, *speed, fmt(m.get("speedup"))])
+    for side in ("ground_truth", "ceiling", "floor"):
         b = bounds.get(side)
         if b:
-            codes = "true codes" if side == "ceiling" else "random codes"
-            rows.append([side, codes, *cells(b, *AUDIO_KEYS, "fd_vq"), "—", "—", "—"])
+            what = {"ground_truth": "the clips", "ceiling": "true codes", "floor": "random codes"}
+            quality = cells(b, *AUDIO_KEYS, "fd_vq", *MUSIC_KEYS)
+            rows.append([side.replace("_", " "), what[side], *quality, "—", "—", "—"])
     fd = metrics.get("setup", {}).get("fd_vq", {})
     return Table(
         "Modes: quality vs speed from the true top codes",
-        ["mode", "levels", *AUDIO_HEADERS, "FD-VQ", "upsampling s", "tokens/s", "speedup"],
+        [
+            "mode",
+            "levels",
+            *AUDIO_HEADERS,
+            "FD-VQ",
+            *MUSIC_HEADERS,
+            "upsampling s",
+            "tokens/s",
+            "speedup",
+        ],
         rows,
         f"Each mode upsamples the clips' true top-level codes through every lower level; the "
         f"{bounds.get('level', 'bottom')} level's audio is compared with the ground truth. "
         f"FD-VQ: {fd.get('name', 'Fréchet distance on VQ-VAE encoder features')} of the "
         f"{fd.get('level')} encoder, {fd.get('frames_per_vector')} latent frames per vector "
-        "(not FAD: no downloaded embedding).",
+        "(not FAD: no downloaded embedding)." + MUSIC_CAPTION,
     )
 
 
 __all__ = [
     "AUDIO_HEADERS",
     "AUDIO_KEYS",
+    "MUSIC_HEADERS",
+    "MUSIC_KEYS",
     "DIGITS",
     "Table",
     "cells",
