@@ -54,6 +54,7 @@ from eval.report import write_report
 from eval.results import EvalResult
 from eval.runner import Evaluation
 from teacher.config import ConfigError
+from teacher.console import run_main
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = add_eval_args(
         argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.split("\n")[0])
     )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run_eval(parser.parse_args(argv))
+    return run_main(parser, run_eval, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ from teacher.config import ConfigError
 log = logging.getLogger(__name__)
 
 PRESETS = ("demo", "smoke")
+#: the stages of ``--from_scratch`` (the whole training recipe)
 STAGES = ("data", "vqvae", "top", "middle", "bottom", "students", "samples", "report")
+#: the stages of the default run on the shipped models (nothing is trained)
+PRETRAINED_STAGES = ("models", "heldout", "samples", "report")
 #: the training runs the budget is split over (a students run is ``family/level``)
 FAMILIES = ("categorical", "gaussian")
 UPSAMPLERS = ("middle", "bottom")
@@ -52,8 +55,10 @@ class DemoConfig:
         data: your own audio folder (+ optional ``metadata.jsonl``/``.csv``) instead of the
             built-in synth songs; ``None`` uses the synth.
         seed: seeds the synth data, every trainer and the samples.
-        preset: ``"demo"`` (small models, ~15 min on a 2-core CPU) or ``"smoke"`` (tiny models,
-            seconds; for tests).
+        preset: ``"demo"`` (small models) or ``"smoke"`` (tiny models and short songs, seconds;
+            for tests).
+        from_scratch: run the whole training recipe (``STAGES``) in the budget instead of
+            sampling and evaluating the shipped models (``PRETRAINED_STAGES``).
         threads: torch CPU threads while the demo runs (``None``: torch's default, all cores).
             On a machine other jobs share, 1 avoids OpenMP oversubscription: on the 2-core
             reference machine a VQ-VAE step took 0.57 s with 2 threads and 0.95 s with 1 when
@@ -66,9 +71,15 @@ class DemoConfig:
     seed: int = 0
     preset: str = "demo"
     threads: int | None = None
+    from_scratch: bool = False
 
     def validate(self) -> DemoConfig:
         """Raise :class:`ConfigError` on the first bad value; return ``self``."""
+        if self.data is not None and not self.from_scratch:
+            raise ConfigError(
+                "--data trains the demo on your own audio: add --from_scratch (without it the "
+                "demo runs the shipped models, trained on the built-in synth songs)"
+            )
         if self.preset not in PRESETS:
             raise ConfigError(f"--preset must be one of {PRESETS}, got {self.preset!r}")
         if not (self.minutes > 0 and math.isfinite(self.minutes)):
@@ -90,6 +101,7 @@ class Recipe:
         sample_rate: of the data and every model.
         n_songs, song_seconds: the synth training set; ``heldout_songs`` more (another seed)
             for the report.
+        artists, genres: the synth's artists (timbres) and genres (styles).
         vqvae: a :data:`teacher.config.VQVAE_PRESETS` key.
         prior: a :func:`teacher.train.prior_preset` preset.
         upsampler_n_ctx: the upsamplers' window in codes (``None``: the preset's).
@@ -98,10 +110,12 @@ class Recipe:
         distill_n_ctx: codes per distillation window (``None``: the teacher's window).
         batch: train batch size of every run.
         learning_rate: run -> learning rate (:data:`RUNS` keys).
-        sec_per_step: run -> measured seconds per optimiser step on the reference CPU.
+        sec_per_step: run -> seconds per optimiser step on the reference CPU (2 vCPU Xeon,
+            2 threads); ``--from_scratch`` measures its own machine's before planning
+            (:mod:`eval.demo.calibrate`) and uses these only to scale the fixed costs.
         fractions: run -> share of the training budget (sums to 1).
-        fixed_seconds: stage -> estimated seconds that do not scale with steps (data, caches,
-            start-up, sampling, the report).
+        fixed_seconds: stage -> seconds on the reference CPU that do not scale with steps
+            (data, caches, start-up, sampling, the report).
         safety: fraction of the budget planned for (the rest absorbs a busy machine).
         min_steps, max_steps: clamp of every run's steps.
         fixed_steps: when set, every run trains exactly this many steps (``smoke``).
@@ -117,6 +131,8 @@ class Recipe:
     n_songs: int
     song_seconds: float
     heldout_songs: int
+    artists: tuple[str, ...] | None
+    genres: tuple[str, ...] | None
     vqvae: str
     prior: str
     upsampler_n_ctx: int | None
@@ -149,12 +165,15 @@ def _per_run(vqvae: float, prior: float, student: float) -> dict[str, float]:
     }
 
 
-#: the default recipe: small models at 22.05 kHz, sized for a 2-core CPU (module docs)
+#: the default recipe, the one the shipped models were trained with (for hours: their model
+#: card): small models at 16 kHz on two timbres and two styles, sized for a 2-core CPU
 DEMO = Recipe(
-    sample_rate=22050,
-    n_songs=40,
+    sample_rate=16000,
+    n_songs=160,
     song_seconds=12.0,
-    heldout_songs=4,
+    heldout_songs=8,
+    artists=("Moss Choir", "Aster Vale"),
+    genres=("lullaby", "ballad"),
     vqvae="small",
     prior="small",
     upsampler_n_ctx=2048,  # a full window of 2048 codes: what the student's speed is about
@@ -164,7 +183,7 @@ DEMO = Recipe(
     batch=4,
     learning_rate=_per_run(vqvae=3e-4, prior=6e-4, student=1e-3),
     sec_per_step={
-        "vqvae": 0.70,  # 0.62 idle, 0.83 beside another job
+        "vqvae": 0.70,
         "top": 0.27,
         "middle": 0.18,
         "bottom": 0.18,
@@ -174,33 +193,29 @@ DEMO = Recipe(
         "gaussian/bottom": 0.46,
     },
     fractions={
-        "vqvae": 0.25,
-        "top": 0.12,
-        "middle": 0.09,
-        "bottom": 0.09,
-        "categorical/middle": 0.23,  # the hardest student to distil (KL ~0.8 nats at 100 steps)
-        "categorical/bottom": 0.14,
+        "vqvae": 0.28,
+        "top": 0.16,
+        "middle": 0.10,
+        "bottom": 0.10,
+        "categorical/middle": 0.16,  # the hardest student to distil
+        "categorical/bottom": 0.12,
         "gaussian/middle": 0.04,
         "gaussian/bottom": 0.04,
     },
     fixed_seconds={
-        "data": 5.0,
+        "data": 10.0,
         "vqvae": 10.0,  # start-up, decoded-audio cache, bandwidth statistics
-        "top": 40.0,  # start-up and the code cache (encoded once, shared by later stages)
+        "top": 90.0,  # start-up and the code cache (32 min of audio, shared by later stages)
         "middle": 5.0,
         "bottom": 5.0,
         "students": 10.0,
-        # speculative sampling dominates both: ~150-320 codes/s on this CPU (exact ~2900)
         "samples": 60.0,
-        "report": 70.0,
+        "report": 90.0,
     },
     safety=0.9,
-    sample_seconds=3.0,
-    report_clips=2,
-    report_seconds=1.5,
-    # speculative is in the report's per-level table and in samples/; as a whole-chain mode it
-    # would triple the report's time
-    report_modes=("exact", "accelerated", "hybrid"),
+    sample_seconds=6.0,
+    report_clips=3,
+    report_seconds=4.0,
 )
 
 #: tiny models for a few steps: the test suite's end-to-end run
@@ -209,6 +224,8 @@ SMOKE = Recipe(
     n_songs=4,
     song_seconds=3.0,
     heldout_songs=2,
+    artists=None,
+    genres=None,
     vqvae="tiny",
     prior="tiny",
     upsampler_n_ctx=None,
@@ -224,40 +241,64 @@ SMOKE = Recipe(
     fixed_steps=2,
     sample_seconds=1.0,
     report_clips=2,
+    report_seconds=1.0,
 )
 
 RECIPES: dict[str, Recipe] = {"demo": DEMO, "smoke": SMOKE}
 
 
-def plan_steps(minutes: float, recipe: Recipe) -> dict[str, int]:
+def fixed_seconds(recipe: Recipe, speed: float = 1.0) -> dict[str, float]:
+    """Every stage's fixed seconds on a machine ``speed`` times slower than the reference."""
+    return {stage: speed * recipe.fixed_seconds.get(stage, 0.0) for stage in STAGES}
+
+
+def plan_steps(
+    minutes: float,
+    recipe: Recipe,
+    sec_per_step: Mapping[str, float] | None = None,
+    speed: float = 1.0,
+    spent: float = 0.0,
+) -> dict[str, int]:
     """Optimiser steps of every run (:data:`RUNS`) for a budget of ``minutes``.
 
-    ``steps = fraction · (safety · budget − Σ fixed) / seconds_per_step``, clamped to
-    ``[min_steps, max_steps]`` (a budget smaller than the fixed costs gives ``min_steps``
-    everywhere, and the demo then takes longer than asked: a warning says so).
+    ``steps = fraction · (safety · budget − spent − Σ fixed) / seconds_per_step`` with the
+    seconds per step measured on this machine (``sec_per_step``; default the recipe's
+    reference ones), the fixed costs scaled by ``speed`` and ``spent`` seconds already used
+    (the measurement itself), clamped to ``[min_steps, max_steps]`` (a budget smaller than the
+    fixed costs gives ``min_steps`` everywhere, and the demo then takes longer than asked: a
+    warning says so).
     """
     if recipe.fixed_steps is not None:
         return dict.fromkeys(RUNS, recipe.fixed_steps)
-    train_s = recipe.safety * minutes * 60.0 - sum(recipe.fixed_seconds.values())
+    sec_per_step = sec_per_step or recipe.sec_per_step
+    fixed = sum(fixed_seconds(recipe, speed).values())
+    train_s = recipe.safety * minutes * 60.0 - spent - fixed
     if train_s <= 0:
         log.warning(
             "%.1f minutes do not cover the demo's fixed costs (~%.0f s): every run gets the "
             "minimum of %d steps and the demo will take longer than asked",
             minutes,
-            sum(recipe.fixed_seconds.values()),
+            fixed + spent,
             recipe.min_steps,
         )
     out = {}
     for run in RUNS:
-        steps = int(recipe.fractions[run] * max(train_s, 0.0) / recipe.sec_per_step[run])
+        steps = int(recipe.fractions[run] * max(train_s, 0.0) / sec_per_step[run])
         out[run] = min(max(steps, recipe.min_steps), recipe.max_steps)
     return out
 
 
-def planned_seconds(steps: Mapping[str, int], recipe: Recipe) -> dict[str, float]:
-    """Estimated seconds of every stage (:data:`STAGES`) for a step plan."""
-    est = {stage: float(recipe.fixed_seconds.get(stage, 0.0)) for stage in STAGES}
+def planned_seconds(
+    steps: Mapping[str, int],
+    recipe: Recipe,
+    sec_per_step: Mapping[str, float] | None = None,
+    speed: float = 1.0,
+) -> dict[str, float]:
+    """Estimated seconds of every stage (:data:`STAGES`) for a step plan (the seconds per step
+    measured here, default the reference ones; fixed costs scaled by ``speed``)."""
+    sec_per_step = sec_per_step or recipe.sec_per_step
+    est = fixed_seconds(recipe, speed)
     for run, n in steps.items():
         stage = "students" if "/" in run else run
-        est[stage] += n * recipe.sec_per_step[run]
+        est[stage] += n * sec_per_step[run]
     return est

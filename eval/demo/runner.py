@@ -14,10 +14,14 @@ from typing import Any
 
 from eval.demo.recipe import (
     DEMO_FILE,
+    PRETRAINED_STAGES,
     RECIPES,
     SAMPLE_MODES,
     STAGES,
     DemoConfig,
+    Recipe,
+    fixed_seconds,
+    plan_steps,
     planned_seconds,
 )
 from eval.demo.stages import Demo, StageResult, recipe_key
@@ -76,8 +80,14 @@ class DemoResult:
 # the runner
 
 
-def run_demo(cfg: DemoConfig, progress: bool = True) -> DemoResult:
-    """Run (or resume) the demo recipe of ``cfg`` into ``cfg.out``; see the module docs.
+def run_demo(
+    cfg: DemoConfig, progress: bool = True, pretrained_dir: str | Path | None = None
+) -> DemoResult:
+    """Run (or resume) the demo of ``cfg`` into ``cfg.out``; see the module docs.
+
+    By default it samples and evaluates the shipped models (``pretrained_dir``, default
+    :data:`eval.demo.pretrained.PRETRAINED_DIR`); ``cfg.from_scratch`` trains the recipe in the
+    budget first (step counts from step times measured on this machine).
 
     ``progress``: a stage header before each stage and a final summary table of stage times on
     the console (rich); the trainers and the samplers draw their own bars (the trainers always
@@ -85,41 +95,97 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> DemoResult:
     """
     cfg = cfg.validate()
     if cfg.threads is None:
-        return _run_demo(cfg, progress)
+        return _run_demo(cfg, progress, pretrained_dir)
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _run_demo(cfg, progress)
+        return _run_demo(cfg, progress, pretrained_dir)
     finally:
         torch.set_num_threads(before)
 
 
-def _run_demo(cfg: DemoConfig, progress: bool) -> DemoResult:
+def plan(demo: Demo, record: dict[str, Any]) -> tuple[dict[str, int], dict[str, float]]:
+    """The ``--from_scratch`` plan: steps per run and estimated seconds per stage, from step
+    times measured on this machine (kept in ``demo.json``: a resumed demo with the same budget
+    keeps its plan, so its runs resume with the steps they started with)."""
+    cfg, recipe = demo.cfg, demo.recipe
+    saved = record.get("plan", {})
+    if saved.get("minutes") == cfg.minutes and set(saved.get("steps", {})) == set(
+        plan_steps(1.0, recipe)
+    ):
+        return dict(saved["steps"]), dict(saved["planned_seconds"])
+    t0 = time.perf_counter()
+    if recipe.fixed_steps is None:
+        if demo.console is not None:
+            demo.console.print("measuring the step time of every run on this machine ...")
+        sec = demo.calibrate()
+    else:
+        sec = dict(recipe.sec_per_step)
+    spent = time.perf_counter() - t0
+    speed = sec["vqvae"] / recipe.sec_per_step["vqvae"] if recipe.fixed_steps is None else 1.0
+    steps = plan_steps(cfg.minutes, recipe, sec, speed=speed, spent=spent)
+    est = planned_seconds(steps, recipe, sec, speed=speed)
+    record["plan"] = {
+        "minutes": cfg.minutes,
+        "sec_per_step": sec,
+        "speed_vs_reference": speed,
+        "calibration_seconds": spent,
+        "steps": steps,
+        "planned_seconds": est,
+    }
+    log.info(
+        "plan: step times measured in %.1f s (%.2fx the reference machine): %s",
+        spent,
+        speed,
+        ", ".join(f"{r} {n} steps ({sec[r]:.2f} s)" for r, n in steps.items()),
+    )
+    return steps, est
+
+
+def _pretrained_estimate(recipe: Recipe) -> dict[str, float]:
+    fixed = fixed_seconds(recipe)
+    return {"models": 5.0, "heldout": 5.0, "samples": fixed["samples"], "report": fixed["report"]}
+
+
+def _run_demo(cfg: DemoConfig, progress: bool, pretrained_dir: str | Path | None) -> DemoResult:
     recipe = RECIPES[cfg.preset]
     out = Path(cfg.out)
     t_start = time.perf_counter()
     _check_out_folder(out, cfg)
-    demo = Demo(cfg, recipe, out, progress)
-    demo.preflight()  # every data error before any training
-    steps = demo.steps
-    est = planned_seconds(steps, recipe)
+    demo = Demo(cfg, recipe, out, progress, Path(pretrained_dir) if pretrained_dir else None)
     console = demo.console
-    if console is not None:
-        console.rule(f"[bold]fastjukebox demo[/] ({cfg.preset} preset) into {out}")
-        console.print(
-            f"budget {cfg.minutes:g} min; planned ~{sum(est.values()) / 60:.1f} min on a 2-core "
-            "CPU; steps: " + ", ".join(f"{r} {n}" for r, n in steps.items())
-        )
+    if cfg.from_scratch:
+        demo.preflight()  # every data error before anything is written
+    else:
+        from eval.demo.pretrained import load_pretrained
+
+        load_pretrained(demo.pretrained_dir)  # a damaged shipped model: one error, nothing written
     record = demo.load_record()
+    if cfg.from_scratch:
+        steps, est = plan(demo, record)
+        demo.steps = steps
+        stages = STAGES
+        what = f"the {cfg.preset} recipe from scratch in {cfg.minutes:g} min"
+    else:
+        steps, est, stages = {}, _pretrained_estimate(recipe), PRETRAINED_STAGES
+        what = f"the shipped models ({demo.pretrained_dir})"
+    if console is not None:
+        console.rule(f"[bold]fastjukebox demo[/]: {what}, into {out}")
+        console.print(
+            f"planned ~{sum(est.values()) / 60:.1f} min"
+            + ("; steps: " + ", ".join(f"{r} {n}" for r, n in steps.items()) if steps else "")
+        )
+    record["steps"] = steps
+    atomic_write_json(out / DEMO_FILE, record)
     results: list[StageResult] = []
-    for i, stage in enumerate(STAGES):
+    for i, stage in enumerate(stages):
         if console is not None:
             console.rule(
-                f"[bold cyan]stage {i + 1}/{len(STAGES)}: {stage}[/]  (~{est[stage]:.0f} s)"
+                f"[bold cyan]stage {i + 1}/{len(stages)}: {stage}[/]  (~{est[stage]:.0f} s)"
             )
-        log.info("demo stage %d/%d: %s", i + 1, len(STAGES), stage)
+        log.info("demo stage %d/%d: %s", i + 1, len(stages), stage)
         t0 = time.perf_counter()
         res = getattr(demo, f"stage_{stage}")()
         res.seconds = time.perf_counter() - t0

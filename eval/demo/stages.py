@@ -1,19 +1,27 @@
-"""The demo's stages over one ``OUT`` folder: :class:`Demo` runs each (data, vqvae, the three
-priors, the students, samples, report) through the same code paths as the command line, skips
-one whose product is complete, resumes one from its checkpoint, and says how it went in a
-:class:`StageResult`. :func:`eval.demo.runner.run_demo` calls them in order.
+"""The demo's stages over one ``OUT`` folder: :class:`Demo` runs each through the same code
+paths as the command line, skips one whose product is complete, resumes one from its
+checkpoint, and says how it went in a :class:`StageResult`. :func:`eval.demo.runner.run_demo`
+calls them in order: by default ``models`` (the shipped teacher and students, checked, copied
+into ``OUT``), ``heldout``, ``samples``, ``report``; with ``--from_scratch`` ``data``,
+``vqvae``, the three priors, ``students``, ``samples``, ``report``.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import logging
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from eval.demo.pretrained import PRETRAINED_DIR
 from eval.demo.recipe import (
     DEMO_FILE,
     FAMILIES,
@@ -24,7 +32,6 @@ from eval.demo.recipe import (
     UPSAMPLERS,
     DemoConfig,
     Recipe,
-    plan_steps,
 )
 from teacher.config import ConfigError, config_to_dict
 from teacher.io import (
@@ -68,10 +75,56 @@ class StageResult:
         return dataclasses.asdict(self)
 
 
+#: written last into a folder of linked ``--data`` files (marks it complete)
+SUBSET_FILE = "subset.json"
+
+
+def link_subset(root: Path, out: Path, rels: list[str], scan: Any) -> None:
+    """Make ``out`` a folder of symlinks to ``root/rel`` for each of ``rels`` (same relative
+    paths) plus the metadata rows of those files (the same format as ``root``'s metadata),
+    atomically."""
+    from teacher.data.dataset import METADATA_FILES
+
+    root = root.resolve()
+    keep = set(rels)
+    with atomic_dir(out) as tmp:
+        for rel in rels:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(root / rel, tmp / rel)
+        meta = Path(scan.metadata_path) if scan.metadata_path else None
+        if meta is not None and meta.is_file():
+
+            def wanted(row: dict[str, Any]) -> bool:
+                file = str(row.get("file", ""))
+                rel = os.path.relpath(file, root) if os.path.isabs(file) else file
+                return os.path.normpath(rel).replace(os.sep, "/") in keep
+
+            if meta.suffix.lower() == ".csv":
+                with open(meta, newline="", encoding="utf-8") as f:
+                    reader = csv.DictReader(f)
+                    rows = [r for r in reader if wanted(r)]
+                    fields = reader.fieldnames or ["file"]
+                with open(tmp / METADATA_FILES[1], "w", newline="", encoding="utf-8") as f:
+                    writer = csv.DictWriter(f, fieldnames=fields)
+                    writer.writeheader()
+                    writer.writerows(rows)
+            else:
+                lines = []
+                for line in meta.read_text(encoding="utf-8").splitlines():
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue  # the trainers' scan reports bad rows of the original
+                    if isinstance(row, dict) and wanted(row):
+                        lines.append(line)
+                (tmp / METADATA_FILES[0]).write_text("".join(x + "\n" for x in lines))
+        atomic_write_json(tmp / SUBSET_FILE, {"root": str(root), "files": rels})
+
+
 def recipe_key(cfg: DemoConfig) -> dict[str, Any]:
     """What must match for a demo folder to be resumed (the budget may change)."""
     data = str(Path(cfg.data).resolve()) if cfg.data else None
-    return {"preset": cfg.preset, "seed": cfg.seed, "data": data}
+    return {"preset": cfg.preset, "seed": cfg.seed, "data": data, "from_scratch": cfg.from_scratch}
 
 
 def _is_model(folder: Path) -> bool:
@@ -88,12 +141,23 @@ def _publish(src: Path, dst: Path) -> None:
 class Demo:
     """The stages of one demo run over a folder (kept together: they share paths and plan)."""
 
-    def __init__(self, cfg: DemoConfig, recipe: Recipe, out: Path, progress: bool) -> None:
+    def __init__(
+        self,
+        cfg: DemoConfig,
+        recipe: Recipe,
+        out: Path,
+        progress: bool,
+        pretrained_dir: Path | None = None,
+    ) -> None:
         self.cfg, self.recipe, self.out, self.progress = cfg, recipe, out, progress
-        self.steps = plan_steps(cfg.minutes, recipe)
-        self.data_dir = Path(cfg.data) if cfg.data else out / "data"
-        # your own audio has no held-out part: the report then evaluates on it (logged)
-        self.heldout_dir = out / "heldout" if cfg.data is None else Path(cfg.data)
+        self.steps: dict[str, int] = {}  # the plan (runner.plan), set before training stages
+        # training data: the synth songs, or the part of --data the budget can use (symlinks)
+        self.data_dir = out / "data"
+        # held out: more synth songs, or the --data files left out of training (all of it
+        # when nothing is left: the report then evaluates on training audio, logged)
+        self.heldout_dir = out / "heldout"
+        self.scan: Any = None  # preflight's scan of --data
+        self.pretrained_dir = pretrained_dir or PRETRAINED_DIR
         self.teacher_dir = out / "teacher"
         self.students_dir = out / "students"
         self.cache_dir = out / "cache"
@@ -164,7 +228,7 @@ class Demo:
         )
 
     def synth_cfgs(self) -> tuple[Any, Any]:
-        from teacher.data.synth import SynthConfig
+        from teacher.data.synth import ARTISTS, GENRES, SynthConfig
 
         r = self.recipe
         train = SynthConfig(
@@ -172,6 +236,8 @@ class Demo:
             seconds=r.song_seconds,
             sample_rate=r.sample_rate,
             seed=self.cfg.seed,
+            artists=r.artists or tuple(ARTISTS),
+            genres=r.genres or tuple(GENRES),
         )
         heldout = dataclasses.replace(
             train, n_songs=r.heldout_songs, seed=self.cfg.seed + HELDOUT_SEED_OFFSET
@@ -182,6 +248,32 @@ class Demo:
         """Samples of one top-prior window: the shortest file every stage can use."""
         vq_cfg = self.vq_cfg()
         return self.prior_cfg("top", vq_cfg).sample_length
+
+    def calibrate(self) -> dict[str, float]:
+        """Seconds per optimiser step of every run on this machine (:mod:`eval.demo.calibrate`),
+        the priors' label bins sized for the data's artists and genres."""
+        from distill.config import DistillConfig, student_config_from_preset
+        from eval.demo.calibrate import measure_step_seconds
+        from teacher.levels import level_index
+
+        vq_cfg = self.vq_cfg()
+        if self.scan is not None:
+            n_artists, n_genres = self.scan.vocab.n_artists, self.scan.vocab.n_genres
+        else:
+            train, _ = self.synth_cfgs()
+            n_artists, n_genres = len(train.artists) + 1, len(train.genres) + 1
+        priors = {}
+        for name in ("top", "middle", "bottom"):
+            cfg = self.prior_cfg(name, vq_cfg)
+            labels = dataclasses.replace(cfg.labels, artist_bins=n_artists, genre_bins=n_genres)
+            priors[name] = dataclasses.replace(cfg, labels=labels).validate()
+
+        def student(fam: str, name: str, prior_cfg: Any) -> Any:
+            dcfg = DistillConfig(level=level_index(name, 3), family=fam, preset=self.recipe.student)
+            return student_config_from_preset(dcfg, prior_cfg, vq_cfg)
+
+        song = int(self.recipe.song_seconds * self.recipe.sample_rate)
+        return measure_step_seconds(self.recipe, vq_cfg, priors, student, song)
 
     # -- preflight ------------------------------------------------------------------------------
 
@@ -197,9 +289,9 @@ class Demo:
         window = self.top_window()
         sr = self.recipe.sample_rate
         # one pass over the files (streamed, nothing cached): the scan the trainers repeat
-        data_cfg = dataclasses.replace(self.data_cfg(window), cache="none")
+        data_cfg = dataclasses.replace(self.data_cfg(window), root=str(root), cache="none")
         try:
-            scan = scan_audio(data_cfg)
+            scan = self.scan = scan_audio(data_cfg)
         except DataError as err:
             raise DataError(
                 f"--data {root} has no usable audio for the demo (every file must be at least "
@@ -223,11 +315,49 @@ class Demo:
 
     # -- stages ---------------------------------------------------------------------------------
 
+    def stage_models(self) -> StageResult:
+        """The shipped teacher and students, checked to load, copied into ``OUT`` (the demo
+        folder is then a teacher folder like a ``--from_scratch`` one)."""
+        from eval.demo.pretrained import load_pretrained
+
+        shipped = load_pretrained(self.pretrained_dir)
+        outputs = [str(self.teacher_dir), str(self.students_dir)]
+        same = all(
+            _is_model(self.teacher_dir / p)
+            and model_fingerprint(self.teacher_dir / p)
+            == model_fingerprint(shipped.teacher_dir / p)
+            for p in ("vqvae", "top", "middle", "bottom")
+        )
+        if same and (self.students_dir / SAMPLE_FAMILY).is_dir():
+            return StageResult("models", SKIPPED, outputs=outputs)
+        for src, dst in (
+            (shipped.teacher_dir, self.teacher_dir),
+            (shipped.students_dir, self.students_dir),
+        ):
+            _publish(src, dst)
+        return StageResult("models", RAN, outputs=outputs, note=f"shipped: {shipped.root}")
+
+    def stage_heldout(self) -> StageResult:
+        """Held-out synth songs of the shipped models' recipe (another seed): the report's
+        clips and the samples' artist, genre and lyrics."""
+        from eval.demo.pretrained import load_pretrained
+        from teacher.config import load_config
+        from teacher.data.synth import SynthConfig, write_synth_dataset
+
+        synth = load_pretrained(self.pretrained_dir).synth
+        want = dataclasses.replace(
+            synth, n_songs=self.recipe.heldout_songs, seed=self.cfg.seed + HELDOUT_SEED_OFFSET
+        )
+        path = self.heldout_dir / "synth_config.json"
+        if path.is_file() and load_config(SynthConfig, str(path)) == want:
+            return StageResult("heldout", SKIPPED, outputs=[str(self.heldout_dir)])
+        write_synth_dataset(self.heldout_dir, want, progress=self.progress)
+        note = f"{want.n_songs} songs x {want.seconds:g} s at {want.sample_rate} Hz"
+        return StageResult("heldout", RAN, outputs=[str(self.heldout_dir)], note=note)
+
     def stage_data(self) -> StageResult:
         if self.cfg.data is not None:
-            return StageResult(
-                "data", SKIPPED, outputs=[str(self.data_dir)], note=f"your audio: {self.data_dir}"
-            )
+            return self._stage_user_data()
         from teacher.config import load_config
         from teacher.data.synth import SynthConfig, write_synth_dataset
 
@@ -246,6 +376,50 @@ class Demo:
         )
         return StageResult(
             "data", status, outputs=[str(self.data_dir), str(self.heldout_dir)], note=note
+        )
+
+    def audio_needed(self) -> float:
+        """Seconds of audio the planned runs can read: the most any one run draws in windows
+        (``steps · batch · window``). Encoding more into the code cache is wasted time."""
+        vq_cfg = self.vq_cfg()
+        windows = {"vqvae": vq_cfg.sample_length}
+        for name in ("top", "middle", "bottom"):
+            windows[name] = self.prior_cfg(name, vq_cfg).sample_length
+        for name in UPSAMPLERS:
+            n_ctx = self.recipe.distill_n_ctx or self.prior_cfg(name, vq_cfg).n_ctx
+            for fam in FAMILIES:
+                windows[f"{fam}/{name}"] = n_ctx * self.prior_cfg(name, vq_cfg).hop_length
+        samples = max(self.steps[run] * self.recipe.batch * w for run, w in windows.items())
+        return samples / self.recipe.sample_rate
+
+    def _stage_user_data(self) -> StageResult:
+        """``--data``: link the files the budget can use into ``OUT/data`` (a seeded shuffle,
+        until :meth:`audio_needed` seconds), the rest (or, if none is left, everything) into
+        ``OUT/heldout``, each with its metadata rows."""
+        if (self.data_dir / SUBSET_FILE).is_file() and (self.heldout_dir / SUBSET_FILE).is_file():
+            return StageResult("data", SKIPPED, outputs=[str(self.data_dir), str(self.heldout_dir)])
+        scan, sr = self.scan, self.recipe.sample_rate
+        files = sorted(scan.files, key=lambda f: f.rel)
+        order = np.random.default_rng(self.cfg.seed).permutation(len(files))
+        need, have, train = self.audio_needed(), 0.0, []
+        for i in order:
+            if have >= need and train:
+                break
+            train.append(files[i])
+            have += files[i].length / sr
+        rest = [f for f in files if f not in train][: max(2, self.recipe.report_clips)]
+        link_subset(Path(self.cfg.data), self.data_dir, [f.rel for f in train], scan)
+        link_subset(Path(self.cfg.data), self.heldout_dir, [f.rel for f in rest or train], scan)
+        total = scan.total_length / sr
+        note = (
+            f"{len(train)} of {len(files)} files ({have / 60:.1f} of {total / 60:.1f} min: what "
+            f"the budget reads, {need / 60:.1f} min); {len(rest)} held out"
+        )
+        if not rest:
+            log.info("every file of --data trains: the report evaluates on training audio")
+        log.info("--data %s: %s", self.cfg.data, note)
+        return StageResult(
+            "data", RAN, outputs=[str(self.data_dir), str(self.heldout_dir)], note=note
         )
 
     def stage_vqvae(self) -> StageResult:
@@ -375,12 +549,11 @@ class Demo:
         )
 
     def song_names(self) -> dict[str, Any]:
-        """Artist, genre and lyrics of the first training file with metadata (none: unknown)."""
+        """Artist, genre and lyrics of the first held-out file with metadata (none: unknown)."""
         from teacher.data.dataset import scan_audio
 
-        scan = scan_audio(
-            dataclasses.replace(self.data_cfg(self.recipe.sample_rate // 4), cache="none")
-        )
+        data_cfg = self.data_cfg(self.recipe.sample_rate // 4)
+        scan = scan_audio(dataclasses.replace(data_cfg, root=str(self.heldout_dir), cache="none"))
         for f in scan.files:
             if f.has_metadata:
                 m = f.meta
@@ -447,8 +620,6 @@ class Demo:
         except ImportError as err:
             log.info("no report: eval.report is not available (%s)", err)
             return StageResult("report", SKIPPED, note="eval.report not available")
-        if self.cfg.data is not None:
-            log.info("the report evaluates on --data %s itself (no held-out audio)", self.cfg.data)
         result = evaluate(
             self.teacher_dir,
             students=self.students_dir / SAMPLE_FAMILY,

@@ -420,7 +420,8 @@ class Prior(nn.Module):
         left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if left:
             raise RuntimeError(f"{path}: tensors not restored from the checkpoint: {left[:5]}")
-        return model.to(device)
+        # weights stored in half precision (or mixed) are computed in fp32
+        return model.to(device=device, dtype=torch.float32)
 
 
 def _bits(logits: Tensor, targets: Tensor) -> Tensor:

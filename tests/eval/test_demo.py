@@ -47,7 +47,9 @@ def _mtimes(root: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    return run_demo(DemoConfig(out=str(out), preset="smoke", seed=0), progress=False)
+    return run_demo(
+        DemoConfig(out=str(out), preset="smoke", seed=0, from_scratch=True), progress=False
+    )
 
 
 def test_smoke_demo_runs_every_stage_and_its_products_load(smoke):
@@ -99,7 +101,9 @@ def test_smoke_demo_runs_every_stage_and_its_products_load(smoke):
 def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(smoke):
     out = smoke.out
     before = _mtimes(out)
-    again = run_demo(DemoConfig(out=str(out), preset="smoke", seed=0), progress=False)
+    again = run_demo(
+        DemoConfig(out=str(out), preset="smoke", seed=0, from_scratch=True), progress=False
+    )
     assert set(again.statuses.values()) == {"skipped"}, again.statuses
     assert _mtimes(out) == before  # nothing was rewritten
     assert again.seconds < smoke.seconds
@@ -110,7 +114,9 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(smoke):
     ckpts = sorted((out / "runs" / "bottom" / "checkpoints").iterdir())
     shutil.rmtree(out / "teacher" / "bottom")
     shutil.rmtree(out / "samples" / "speculative")
-    third = run_demo(DemoConfig(out=str(out), preset="smoke", seed=0), progress=False)
+    third = run_demo(
+        DemoConfig(out=str(out), preset="smoke", seed=0, from_scratch=True), progress=False
+    )
     assert third.statuses["bottom"] == "resumed"
     assert third.statuses["samples"] == "resumed"
     assert (out / "teacher" / "bottom" / "model.safetensors").read_bytes() == weights
@@ -125,13 +131,23 @@ def test_missing_data_folder_is_one_clear_error(tmp_path):
 
     out = tmp_path / "out"
     threads = torch.get_num_threads()
-    cfg = DemoConfig(out=str(out), data=str(tmp_path / "nope"), preset="smoke", threads=1)
+    cfg = DemoConfig(
+        out=str(out), data=str(tmp_path / "nope"), preset="smoke", threads=1, from_scratch=True
+    )
     with pytest.raises(DataError, match="no such folder"):
         run_demo(cfg, progress=False)
     assert not out.exists()
     assert torch.get_num_threads() == threads  # --threads is restored, even on an error
     # the command line reports it as one error line and exit code 2
-    argv = ["--out", str(out), "--data", str(tmp_path / "nope"), "--preset", "smoke"]
+    argv = [
+        "--out",
+        str(out),
+        "--data",
+        str(tmp_path / "nope"),
+        "--preset",
+        "smoke",
+        "--from_scratch",
+    ]
     assert demo_main([*argv, "--no_progress"]) == 2
 
 
@@ -145,7 +161,8 @@ def test_data_folder_without_usable_audio_is_one_clear_error(tmp_path, content):
         (data / "b.wav").write_text("not a wav file")
     out = tmp_path / "out"
     with pytest.raises(DataError, match="no usable audio"):
-        run_demo(DemoConfig(out=str(out), data=str(data), preset="smoke"), progress=False)
+        cfg = DemoConfig(out=str(out), data=str(data), preset="smoke", from_scratch=True)
+        run_demo(cfg, progress=False)
     assert not (out / "teacher").exists() and not (out / "runs").exists()
 
 
@@ -156,16 +173,17 @@ def test_data_folder_with_files_beyond_the_timing_range_is_refused(tmp_path):
     t = np.arange(31 * sr) / sr  # the tiny top prior's timing labels end at 30 s
     sf.write(data / "long.wav", 0.1 * np.sin(2 * np.pi * 220 * t), sr)
     with pytest.raises(ConfigError, match="timing range"):
-        run_demo(DemoConfig(out=str(tmp_path / "o"), data=str(data), preset="smoke"), False)
+        cfg = DemoConfig(out=str(tmp_path / "o"), data=str(data), preset="smoke", from_scratch=True)
+        run_demo(cfg, False)
 
 
 def test_a_folder_of_another_recipe_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    recipe = {"preset": "demo", "seed": 0, "data": None}
+    recipe = {"preset": "demo", "seed": 0, "data": None, "from_scratch": True}
     (out / DEMO_FILE).write_text(json.dumps({"recipe": recipe, "stages": {}}))
     with pytest.raises(DemoError, match="preset 'demo'"):
-        run_demo(DemoConfig(out=str(out), preset="smoke"), progress=False)
+        run_demo(DemoConfig(out=str(out), preset="smoke", from_scratch=True), progress=False)
 
 
 @pytest.mark.parametrize(
@@ -191,3 +209,79 @@ def test_the_budget_splits_into_steps_that_fit_it():
     assert plan_steps(0.5, DEMO) == dict.fromkeys(RUNS, DEMO.min_steps)
     assert plan_steps(1.0, SMOKE) == plan_steps(99.0, SMOKE) == dict.fromkeys(RUNS, 2)
     assert abs(sum(DEMO.fractions.values()) - 1.0) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# the default run: shipped models (here the smoke run's, exported as a shipped folder)
+
+
+@pytest.fixture(scope="module")
+def shipped(smoke, tmp_path_factory):
+    from eval.demo.pretrained import export_pretrained
+    from teacher.config import load_config
+    from teacher.data.synth import SynthConfig
+
+    synth = load_config(SynthConfig, str(smoke.data_dir / "synth_config.json"))
+    root = tmp_path_factory.mktemp("shipped") / "pretrained"
+    return export_pretrained(smoke.teacher_dir, smoke.students_dir, root, synth, {"test": 1})
+
+
+def test_default_demo_samples_and_reports_the_shipped_models_and_trains_nothing(shipped, tmp_path):
+    import torch
+
+    from eval.demo import PRETRAINED_STAGES
+    from teacher.io import load_tensors, model_fingerprint
+
+    # the shipped weights are fp16 and load back as the fp32 models they came from, rounded
+    for part in ("vqvae", "top", "middle", "bottom"):
+        state = load_tensors(shipped / "teacher" / part / "model.safetensors")
+        assert all(t.dtype == torch.float16 for t in state.values() if t.is_floating_point())
+    out = tmp_path / "out"
+    res = run_demo(DemoConfig(out=str(out), preset="smoke"), progress=False, pretrained_dir=shipped)
+    assert [s.name for s in res.stages] == list(PRETRAINED_STAGES)
+    assert set(res.statuses.values()) == {"ran"}, res.statuses
+    assert res.steps == {} and not (out / "runs").exists() and not (out / "data").exists()
+    for part in ("vqvae", "top", "middle", "bottom"):  # the teacher folder is the shipped one
+        assert model_fingerprint(out / "teacher" / part) == model_fingerprint(
+            shipped / "teacher" / part
+        )
+    for mode in SAMPLE_MODES:
+        labels = json.loads((out / "samples" / mode / "labels.json").read_text())
+        assert labels["sampling_mode"] == mode
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert set(metrics["modes"]) == set(SMOKE.report_modes)
+    for row in (*metrics["modes"].values(), metrics["bounds"]["ceiling"]):
+        assert 0.0 <= row["voiced"] <= 1.0 and 0.0 <= row["flatness"] <= 1.0
+    assert metrics["bounds"]["ground_truth"]["pitch_agreement"] == 1.0
+    # a second run skips every stage
+    again = run_demo(
+        DemoConfig(out=str(out), preset="smoke"), progress=False, pretrained_dir=shipped
+    )
+    assert set(again.statuses.values()) == {"skipped"}, again.statuses
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "recipe"])
+def test_damaged_shipped_models_are_one_error_suggesting_from_scratch(shipped, tmp_path, damage):
+    from eval.demo.pretrained import PretrainedError
+
+    broken = tmp_path / "pretrained"
+    shutil.copytree(shipped, broken)
+    weights = broken / "teacher" / "middle" / "model.safetensors"
+    if damage == "deleted":
+        weights.unlink()
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        (broken / "recipe.json").write_text("{not json")
+    out = tmp_path / "out"
+    with pytest.raises(PretrainedError) as err:
+        run_demo(DemoConfig(out=str(out), preset="smoke"), progress=False, pretrained_dir=broken)
+    msg = str(err.value)
+    assert "--from_scratch" in msg and str(broken) in msg and "\n" not in msg
+    assert ("recipe.json" if damage == "recipe" else "teacher/middle") in msg
+    assert not out.exists()  # nothing written, nothing trained
+
+
+def test_data_needs_from_scratch():
+    with pytest.raises(ConfigError, match="--from_scratch"):
+        DemoConfig(data="mine").validate()
