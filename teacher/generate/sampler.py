@@ -1,25 +1,13 @@
-"""Sampling one window of a Jukebox prior with a preallocated KV cache (paper §4.3).
+"""Sampling one window of a Jukebox prior (paper §4.3), on the prior's decoding engine.
 
 :func:`sample_window` is Jukebox's ``primed_sample`` for one window of at most ``n_ctx`` codes:
 the forced part (the lyric window for single-style lyric priors, then any prefix of codes) is
-run through the transformer in chunks, one forward per chunk into the cache; the remaining
-codes are drawn one step at a time. Each step embeds one token and reads only the cache.
-
-At sampling sizes a step is a few dozen tiny kernels, so the per-op overhead, not arithmetic,
-is the cost (``benchmarks/bench_sampling.py`` profiles it). The step loop therefore:
-
-* runs under ``torch.inference_mode`` (no autograd bookkeeping on any op);
-* adds the per-step inputs (position embedding + per-position conditioning) once before the
-  loop and takes one view per position up front;
-* calls each block's lean ``step`` directly (no module dispatch, no per-call checks);
-* draws by Gumbel-max on noise drawn in blocks of :data:`NOISE_BLOCK` steps:
-  ``argmax(logits / τ + g) = argmax(logits + τ·g)`` with ``g = -log(-log U)`` is an exact
-  draw from ``softmax(logits / τ)`` (Gumbel 1954; the trick ``torch.multinomial`` itself uses,
-  but with one vectorised draw per 64 steps instead of a slow per-step one), and
-  ``addmm(τ·g, h, Wᵀ)`` computes logits and noise in one kernel against a contiguous
-  transposed head;
-* writes tokens into a preallocated ``(T, B)`` buffer (no ``torch.cat`` per step) and never
-  syncs with the host (no ``.item()``).
+primed by the engine's multi-query step, in chunks; the remaining codes are drawn one static
+step at a time (:class:`~teacher.generate.engine.DecodingEngine`: a fixed sequence of kernels,
+a CUDA graph on CUDA). Draws are Gumbel-max on noise drawn in blocks of :data:`NOISE_BLOCK`
+steps: ``argmax(logits / τ + g) = argmax(logits + τ·g)`` with ``g = -log(-log U)`` is an exact
+draw from ``softmax(logits / τ)`` (Gumbel 1954; the trick ``torch.multinomial`` itself uses, but
+with one vectorised draw per 64 steps). Nothing syncs with the host inside a step.
 
 Random draws, for anyone reproducing a run: per call, the noise of steps ``[i, i + 64)`` is
 one ``torch.rand((min(64, n_new - i), B, l_bins), generator=generator)``, step ``i + j``
@@ -39,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from teacher.generate.engine import NOISE_BLOCK, engine_for
 from teacher.generate.windows import DEFAULT_CHUNK
 from teacher.prior.model import Conditioning, Prior
 
@@ -73,9 +62,6 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 0.0) -> Tensor:
 
 
 StepHook = Callable[[int, Tensor], None]
-
-#: steps of Gumbel noise drawn at once (the draw order is part of the reproducibility contract)
-NOISE_BLOCK = 64
 
 
 def gumbel_noise(
@@ -189,132 +175,46 @@ def _sample(
     chunk_size: int | None,
     on_logits: StepHook | None,
 ) -> Tensor:
-    """The body of :func:`sample_window` -> music codes ``LongTensor[length, B]``."""
+    """The body of :func:`sample_window` on the prior's decoding engine -> music codes
+    ``LongTensor[length, B]``."""
     cfg = prior.cfg
-    core = prior.prior
-    n_lyr = cfg.n_tokens if cfg.single_sequence else 0
-    shift = cfg.vocab_offset
-    total = n_lyr + length  # transformer positions to fill
-    weight = core.x_emb.weight
-    device, dtype = weight.device, weight.dtype
-
-    # music codes, one contiguous row per position: rows are embedded and written per step
+    engine = engine_for(prior, n)
+    device = engine.device
     music = torch.zeros(length, n, dtype=torch.long, device=device)
     n_prefix = 0 if prefix is None else prefix.shape[1]
+    forced = []
+    if cfg.single_sequence:
+        forced.append(cond.lyrics.to(device).expand(n, -1))
     if n_prefix:
         music[:n_prefix] = prefix.to(device).t()
-    n_forced = n_lyr + n_prefix
-
-    # per-position additive inputs, once: pos_emb (+ x_cond); x_cond again after the stack
-    x_cond = None if cond.x_cond is None else cond.x_cond[:, :total].to(dtype)
-    add = core.pos_emb()[:total].unsqueeze(0)
-    add = add + x_cond if x_cond is not None else add.expand(n, -1, -1).contiguous()
-    out_cond = x_cond if core.add_cond_after_transformer else None
-    start = core.start_embedding(cond.start, n).to(dtype)
-    encoder_kv = cond.encoder_kv
-    transformer = core.transformer
-    cache = transformer.new_cache(n, device=device, dtype=dtype)
-
-    # 1) prime: positions 0 .. n_forced-1 (inputs: start, forced tokens 0 .. n_forced-2)
-    if n_forced:
-        seq = music[:n_prefix].t() + shift
-        if n_lyr:
-            seq = torch.cat([cond.lyrics.to(device), seq], dim=1)
-        chunk = chunk_size or n_forced
-        for lo in range(0, n_forced, chunk):
-            hi = min(lo + chunk, n_forced)
-            x = _inputs(core, seq, start, lo, hi) + add[:, lo:hi]
-            transformer(x, encoder_kv=encoder_kv, cache=cache)
-
-    # 2) draw positions n_forced .. total-1, one step each
-    n_new = total - n_forced
-    adds = add.unbind(1)  # per-position (B, D) views, taken once
-    outs = out_cond.unbind(1) if out_cond is not None else None
-    steps = [
-        (_block_step(block), layer) for block, layer in zip(transformer._attn_mods, cache.layers)
-    ]
-    emb_music = weight[shift:]  # music rows of the input embedding
-    head = core.x_out.weight[shift:].float()  # (l_bins, D), music rows only
-    head_t = head.t().contiguous()  # (D, l_bins): a plain GEMV, ~2x faster than F.linear here
+        forced.append(prefix.to(device) + cfg.vocab_offset)
+    engine.begin(cond, torch.cat(forced, dim=1) if forced else None, chunk_size)
+    n_new = length - n_prefix
     filtering = (0 < top_k < cfg.l_bins) or top_p > 0.0
-    fused = not filtering and on_logits is None  # logits + τ·g in one addmm
-    start2d = start[:, 0]
-    lyric_last = cond.lyrics[:, -1].to(device) if n_lyr else None
-    rows = music.unbind(0)
+    plain = not filtering and on_logits is None  # the whole step on the engine (a CUDA graph)
     noise = None
-    for i, p in enumerate(range(n_forced, total)):
+    for i in range(n_new):
         j = i % NOISE_BLOCK
         if j == 0:
             noise = gumbel_noise((min(NOISE_BLOCK, n_new - i), n, cfg.l_bins), generator, device)
-            if fused and temperature != 1.0:
-                noise.mul_(temperature)
-        t = p - n_lyr  # music position
-        if p == 0:
-            x = start2d + adds[0]
-        elif t == 0:  # the first code follows the last lyric token
-            x = F.embedding(lyric_last, weight) + adds[p]
+            if plain:
+                engine.set_noise(noise, temperature)
+        t = n_prefix + i
+        if plain:
+            music[t].copy_(engine.sample_step())
         else:
-            x = F.embedding(rows[t - 1], emb_music) + adds[p]
-        for block, layer in steps:
-            x = block(x, encoder_kv, layer, p)
-        if outs is not None:
-            x = x + outs[p]
-        if fused:
-            z = torch.addmm(noise[j], x.float(), head_t)
-        else:
-            z = torch.mm(x.float(), head_t)
+            z = engine.step()
             if on_logits is not None:
                 on_logits(t, z)
             if temperature != 1.0:
                 z = z / temperature
             if filtering:
                 z = filter_logits(z, top_k, top_p)
-            z = z + noise[j]
-        torch.argmax(z, dim=-1, out=rows[t])
+            torch.argmax(z + noise[j], dim=-1, out=music[t])
+            engine.set_token(music[t])
         if progress is not None:
             progress(i + 1, n_new)
-    cache.position = total
     return music
-
-
-def _block_step(block) -> Callable[[Tensor, Tensor | None, object, int], Tensor]:
-    """``block.step`` with its parameters looked up once, not per token.
-
-    ``nn.Module`` attribute access for parameters and submodules goes through
-    ``Module.__getattr__`` (~0.3 us each, ~25 per block step), a third of a small block's step
-    time. The maths mirrors :meth:`ResAttnBlock.step` op for op (so results are bitwise equal;
-    the step-vs-teacher-forcing tests guard it); other dtypes use ``block.step`` itself.
-    """
-    ln0, ln1, attn, mlp = block.ln_0, block.ln_1, block.attn, block.mlp
-    if block.training or any(t.dtype != torch.float32 for t in block.parameters()):
-        return block.step
-    attn_step = attn.step
-    s0, w0, b0, e0 = ln0.normalized_shape, ln0.weight, ln0.bias, ln0.eps
-    s1, w1, b1, e1 = ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps
-    pb, pw = attn.c_proj.b, attn.c_proj.w
-    fb, fw = mlp.c_fc.b, mlp.c_fc.w
-    mb, mw = mlp.c_proj.b, mlp.c_proj.w
-    rs = block.res_scale
-    layer_norm, addmm, sigmoid = torch.layer_norm, torch.addmm, torch.sigmoid
-
-    def step(x: Tensor, encoder_kv: Tensor | None, layer: object, p: int) -> Tensor:
-        a = addmm(pb, attn_step(layer_norm(x, s0, w0, b0, e0), encoder_kv, layer, p), pw)
-        xa = x + a
-        h = addmm(fb, layer_norm(xa, s1, w1, b1, e1), fw)
-        m = addmm(mb, h * sigmoid(1.702 * h), mw)
-        if rs == 1.0:
-            return xa + m
-        return x + rs * (a + m)
-
-    return step
-
-
-def _inputs(core, seq: Tensor, start: Tensor, lo: int, hi: int) -> Tensor:
-    """Token inputs of positions ``lo .. hi-1``: the start embedding at 0, else the embedding
-    of the previous token -> Tensor[B, hi - lo, D]."""
-    if lo == 0:
-        return torch.cat([start, core.x_emb(seq[:, : hi - 1])], dim=1)
-    return core.x_emb(seq[:, lo - 1 : hi - 1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -337,7 +337,7 @@ class FactoredAttention(nn.Module):
             a = self._attend(qc, kc, vc, mask=_causal_mask(nq, nk, nk - nq, qc.device))
         return rearrange(a, "(b c) h n d -> b h (n c) d", b=batch)
 
-    def _summary_positions(self, n_slots: int, device: torch.device) -> Tensor:
+    def summary_positions(self, n_slots: int, device: torch.device) -> Tensor:
         """Position of each summary key slot; -1 for the always-visible zero slot."""
         s, bc = self.spread, self.block_ctx
         m = torch.arange(n_slots, device=device)
@@ -391,7 +391,7 @@ class FactoredAttention(nn.Module):
             for t in (k, v)
         )
         k, v = (F.pad(t[:, :, :, bc - s :], (0, 0, 0, 0, 1, 0)).flatten(2, 3) for t in (k, v))
-        pos = self._summary_positions(k.shape[2], q.device)
+        pos = self.summary_positions(k.shape[2], q.device)
         mask = pos[None, :] <= torch.arange(T, device=q.device)[:, None]
         return self._attend(q, k, v, mask=mask)
 
@@ -544,6 +544,6 @@ class FactoredAttention(nn.Module):
                 c.v[:, :, slot : slot + hi - lo] = v[:, :, lo - p : hi - p]
         n, i = divmod(e - 1, bc)
         m = min((n + 1) * s + max(0, i - t0 + 1), self.blocks * s)
-        pos = self._summary_positions(m, q.device)
+        pos = self.summary_positions(m, q.device)
         mask = pos[None, :] <= torch.arange(p, e, device=q.device)[:, None]
         return self._attend(q, c.k[:, :, :m], c.v[:, :, :m], mask=mask)
