@@ -486,7 +486,7 @@ class FastJukebox:
             if m == "speculative" and lv not in self.jukebox.priors:
                 raise ConfigError(
                     f"speculative sampling of the {self._name(lv)} level needs the teacher's "
-                    f"{self._name(lv)} prior, which this teacher folder lacks"
+                    f"{self._name(lv)} prior: {self.jukebox.missing_prior(lv)}"
                 )
             if (
                 m == "student"
@@ -495,7 +495,7 @@ class FastJukebox:
             ):
                 raise ConfigError(
                     f"the {self._name(lv)} student is labelled: its label vectors are built from "
-                    f"the teacher's {self._name(lv)} prior folder, which this teacher lacks"
+                    f"the teacher's {self._name(lv)} prior: {self.jukebox.missing_prior(lv)}"
                 )
         return plan
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from teacher.config import ConfigError, load_config
-from teacher.io import model_fingerprint, read_json
+from teacher.config import ConfigError, read_json_object
+from teacher.io import ModelFolderError, model_fingerprint, read_model_config
 from teacher.levels import level_name
 from teacher.vqvae.config import VQVAEConfig
 
@@ -60,7 +60,7 @@ def teacher_paths(teacher_dir: str | Path, level: int) -> tuple[Path, Path]:
     vq_dir = root / VQVAE_FOLDER
     if not (vq_dir / "config.json").is_file():
         raise ConfigError(f"teacher VQ-VAE folder {vq_dir} is missing (no config.json)")
-    vq_cfg = load_config(VQVAEConfig, str(vq_dir / "config.json"))
+    vq_cfg = read_model_config(vq_dir, VQVAEConfig, "VQ-VAE")
     if not 0 <= level < vq_cfg.levels - 1:
         raise ConfigError(
             f"--level must be an upsampler level (middle or bottom), not the top: level {level} "
@@ -86,29 +86,35 @@ def load_teacher(
     its ``vqvae.json`` names a fingerprint, was trained on this VQ-VAE's codes.
     """
     from teacher.data.labels import Vocab
-    from teacher.prior.config import check_against_vqvae, load_prior_config
+    from teacher.prior.config import PriorConfig, check_against_vqvae
     from teacher.prior.model import Prior
     from teacher.train.prior import VQVAE_LINK_FILE
     from teacher.vqvae import VQVAE
 
     prior_dir, vq_dir = teacher_paths(teacher_dir, level)
-    prior_cfg = load_prior_config(str(prior_dir / "config.json"))
+    prior_cfg = read_model_config(prior_dir, PriorConfig, "prior")
     if not prior_cfg.is_upsampler or prior_cfg.level != level:
         raise ConfigError(
             f"{prior_dir} holds a level-{prior_cfg.level} prior"
             f"{'' if prior_cfg.is_upsampler else ' (not an upsampler)'}, expected the "
             f"level-{level} upsampler"
         )
-    vq_cfg = load_config(VQVAEConfig, str(vq_dir / "config.json"))
-    check_against_vqvae(prior_cfg, vq_cfg)
+    vq_cfg = read_model_config(vq_dir, VQVAEConfig, "VQ-VAE")
+    try:
+        check_against_vqvae(prior_cfg, vq_cfg)
+    except ConfigError as err:
+        raise ModelFolderError(f"{prior_dir} does not fit {vq_dir}: {err}") from None
+    # loaded on the CPU, then moved: safetensors refuses device strings such as "cpu:0"
+    vqvae = VQVAE.from_pretrained(vq_dir).to(device).eval().requires_grad_(False)
     vq_fp = model_fingerprint(vq_dir)
     link = prior_dir / VQVAE_LINK_FILE
     if link.is_file():
-        linked = read_json(link).get("fingerprint")
+        linked_to = read_json_object(link, ModelFolderError)
+        linked = linked_to.get("fingerprint")
         if linked is not None and linked != vq_fp:
             raise ConfigError(
                 f"{prior_dir} was trained on the codes of another VQ-VAE "
-                f"({read_json(link).get('path')}, fingerprint {linked}); {vq_dir} is {vq_fp}"
+                f"({linked_to.get('path')}, fingerprint {linked}); {vq_dir} is {vq_fp}"
             )
     else:
         log.warning("%s has no %s: cannot check it belongs to %s", prior_dir, link.name, vq_dir)
@@ -117,9 +123,7 @@ def load_teacher(
     else:
         vocab = None
         log.warning("%s has no %s: the code cache's vocabulary is used", prior_dir, VOCAB_FILE)
-    # loaded on the CPU, then moved: safetensors refuses device strings such as "cpu:0"
     prior = Prior.from_pretrained(prior_dir).to(device).eval().requires_grad_(False)
-    vqvae = VQVAE.from_pretrained(vq_dir).to(device).eval().requires_grad_(False)
     return Teacher(
         prior=prior,
         vqvae=vqvae,

@@ -62,7 +62,13 @@ from student.config import (
 )
 from teacher.config import ConfigError, config_to_dict, load_config
 from teacher.console import run_main
-from teacher.io import atomic_write_json, model_fingerprint, read_json, resolve_resume
+from teacher.io import (
+    atomic_write_json,
+    model_fingerprint,
+    read_json,
+    read_model_config,
+    resolve_resume,
+)
 from teacher.levels import level_index, level_name
 from teacher.train.cli import (
     add_data_args,
@@ -132,7 +138,7 @@ def distill(
     from student import CategoricalIAF, GaussianIAF
     from teacher.data.codes import CodeDataset, build_code_cache
     from teacher.data.labels import LabelConfig, Vocab
-    from teacher.prior.config import load_prior_config
+    from teacher.prior.config import PriorConfig
     from teacher.train.prior import window_data
 
     # -- everything that can be wrong is checked before any work -----------------------------
@@ -141,8 +147,8 @@ def distill(
     data_cfg.validate()
     level = dcfg.level
     prior_dir, vq_dir = teacher_paths(teacher_dir, level)
-    prior_cfg = load_prior_config(str(prior_dir / "config.json"))
-    vq_cfg = load_config(VQVAEConfig, str(vq_dir / "config.json"))
+    prior_cfg = read_model_config(prior_dir, PriorConfig, "prior")
+    vq_cfg = read_model_config(vq_dir, VQVAEConfig, "VQ-VAE")
     out_dir = Path(run_cfg.output_dir)
     resume = resolve_resume(run_cfg.resume_from_checkpoint, out_dir / "checkpoints")
     if resume is not None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from teacher.console import setup_logging
+from teacher.console import run_main
 
 log = logging.getLogger("fastjukebox")
 
@@ -152,6 +152,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
 def _run_reconstruct(args: argparse.Namespace) -> int:
     import torch
 
+    from teacher.config import ConfigError
     from teacher.data.audio import load_audio, write_wav
     from teacher.vqvae import VQVAE
     from teacher.vqvae.losses import sc_db, spectral_convergence
@@ -159,16 +160,14 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     model = VQVAE.from_pretrained(args.model).eval()
     cfg = model.cfg
     hop = cfg.hop_lengths[-1]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)  # created by the first file written
     for path in args.inputs:
         audio = load_audio(path, cfg.sample_rate, mono=True)  # (1, T)
         if args.max_seconds is not None:
             audio = audio[..., : int(args.max_seconds * cfg.sample_rate)]
         n = audio.shape[-1] // hop * hop
         if n == 0:
-            log.error("%s is shorter than one top-level code (%d samples)", path, hop)
-            return 2
+            raise ConfigError(f"{path} is shorter than one top-level code ({hop} samples)")
         x = torch.as_tensor(audio[..., :n], dtype=torch.float32).reshape(1, 1, n)
         stem = Path(path).stem
         with torch.no_grad():
@@ -258,7 +257,10 @@ def _run_sample(args: argparse.Namespace) -> int:
     if args.codes is not None:
         from teacher.io import load_tensors
 
-        saved = load_tensors(args.codes)
+        try:
+            saved = load_tensors(args.codes)
+        except ValueError as err:  # truncated or not safetensors: names the file
+            raise ConfigError(f"--codes {err}") from None
         top = f"level{jb.levels - 1}"
         if top not in saved:
             raise ConfigError(f"{args.codes} holds no {top} codes (has {sorted(saved)})")
@@ -317,24 +319,21 @@ def _run_convert(args: argparse.Namespace) -> int:
     )
 
     dtype = None if args.dtype == "keep" else getattr(torch, args.dtype)
-    try:
-        common = dict(
-            out=args.out,
-            model=args.model,
-            vocab_files=[tuple(pair) for pair in args.vocab],
-            dtype=dtype,
-            max_shard_bytes=parse_size(args.max_shard_size),
-            overwrite=args.overwrite,
-        )
-        if args.source == "openai":
-            result = convert_openai(args.paths, **common)
-        else:
-            if len(args.paths) != 1:
-                raise ConvertError("--from hf takes one folder")
-            result = convert_transformers(args.paths[0], **common)
-    except ConvertError as err:  # names the file and the tensor; nothing was left half-written
-        log.error("%s", err)
-        return 2
+    # a ConvertError names the file and the tensor; nothing was left half-written
+    common = dict(
+        out=args.out,
+        model=args.model,
+        vocab_files=[tuple(pair) for pair in args.vocab],
+        dtype=dtype,
+        max_shard_bytes=parse_size(args.max_shard_size),
+        overwrite=args.overwrite,
+    )
+    if args.source == "openai":
+        result = convert_openai(args.paths, **common)
+    else:
+        if len(args.paths) != 1:
+            raise ConvertError("--from hf takes one folder")
+        result = convert_transformers(args.paths[0], **common)
     for name, part in result.parts.items():
         log.info(
             "%s: %d tensors, %.2f GB, %d files",
@@ -435,13 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console-script entry point; returns the process exit code."""
-    from teacher.config import ConfigError
-    from teacher.data.audio import AudioError
-    from teacher.data.dataset import DataError
-
-    setup_logging()
-    args = build_parser().parse_args(argv)
+    """Console-script entry point; returns the process exit code. Errors meant for the user
+    are one line and exit status 2 (``--debug``: with the traceback): ``run_main``."""
     handlers = {
         "data": _run_data,
         "train": _run_train,
@@ -452,12 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": _run_eval,
         "demo": _run_demo,
     }
-    try:
-        return handlers[args.command](args)
-    except (ConfigError, DataError, AudioError, FileNotFoundError) as err:
-        # errors meant for the user: one line, no traceback, nothing half-written
-        log.error("%s", err)
-        return 2
+    return run_main(build_parser(), lambda args: handlers[args.command](args), argv)
 
 
 if __name__ == "__main__":

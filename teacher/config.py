@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -114,11 +116,44 @@ def save_config(cfg: Any, path: str) -> None:
         json.dump(data, f, indent=2, sort_keys=True)
 
 
-def load_config(cls: type[T], path: str) -> T:
-    """Read a config written by :func:`save_config`; checks the class tag."""
-    with open(path) as f:
-        data = json.load(f)
+def read_json_object(path: str | os.PathLike, error: type[ConfigError] = ConfigError) -> dict:
+    """The JSON object in ``path``, or ``error`` with one line naming the file: missing,
+    unreadable, not valid JSON (with line and column) or not an object."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: unreadable ({err})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(
+            f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    cls: type[T],
+    path: str | os.PathLike,
+    error: type[ConfigError] = ConfigError,
+    kind: str | None = None,
+) -> T:
+    """Read a config written by :func:`save_config`; checks the class tag.
+
+    Every problem is one ``error`` naming the file (:func:`read_json_object`; the config of
+    another class; unknown or mistyped fields). ``kind`` (e.g. ``"VQ-VAE"``) says in those
+    messages what the file should configure.
+    """
+    data = read_json_object(path, error)
     tag = data.pop("_class", cls.__name__)
+    what = f"{kind} ({cls.__name__})" if kind else cls.__name__
     if tag != cls.__name__:
-        raise ConfigError(f"{path} holds a {tag}, expected a {cls.__name__}")
-    return config_from_dict(cls, data)
+        raise error(f"{path} holds a {tag}, expected a {what}")
+    try:
+        return config_from_dict(cls, data)
+    except (ConfigError, TypeError, ValueError) as err:
+        raise error(f"{path}: invalid {what}: {err}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -48,22 +49,56 @@ def progress_bar(enabled: bool = True, unit: str = "", info: bool = False) -> An
     return Progress(*columns, disable=not enabled)
 
 
-def run_main(parser: Any, run: Callable[[Any], Any], argv: Sequence[str] | None, what: str) -> int:
-    """A ``python -m ...`` entry point: parse ``argv`` with ``parser``, call ``run(args)`` and
-    log ``"{what} written to {result}"``. A bad configuration, unusable data or a missing file
-    is one error line and exit status 2 (no traceback)."""
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors meant for the user (bad configuration or model folder, unusable data or
+    audio, a refused checkpoint, a missing file): one line, no traceback."""
     from teacher.config import ConfigError
+    from teacher.data.audio import AudioError
     from teacher.data.dataset import DataError
+    from teacher.released.checkpoints import ConvertError
 
+    return (ConfigError, DataError, AudioError, ConvertError, FileNotFoundError)
+
+
+def add_debug_flag(parser: argparse.ArgumentParser, _subcommand: bool = False) -> None:
+    """``--debug`` (show the traceback of an error) on ``parser`` and every subcommand, so it
+    may come before or after the subcommand's name."""
+    if not any("--debug" in a.option_strings for a in parser._actions):
+        parser.add_argument(
+            "--debug",
+            action="store_true",
+            # a subcommand leaves the flag alone unless it is given there
+            default=argparse.SUPPRESS if _subcommand else False,
+            help="show the traceback of an error",
+        )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                add_debug_flag(sub, _subcommand=True)
+
+
+def run_main(
+    parser: argparse.ArgumentParser,
+    run: Callable[[Any], Any],
+    argv: Sequence[str] | None,
+    what: str | None = None,
+) -> int:
+    """A console entry point: parse ``argv`` with ``parser`` (given ``--debug``), call
+    ``run(args)``. With ``what``, log ``"{what} written to {result}"`` and exit 0; without,
+    ``run`` returns the exit status. Every :func:`user_errors` error is one line and exit
+    status 2; with ``--debug`` the line carries the traceback."""
     setup_logging()
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     try:
         out = run(args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
-        log.error("%s", err)
+    except user_errors() as err:
+        log.error("%s", err, exc_info=err if getattr(args, "debug", False) else None)
         return 2
+    if what is None:
+        return int(out)
     log.info("%s written to %s", what, out)
     return 0
 
 
-__all__ = ["progress_bar", "run_main", "setup_logging"]
+__all__ = ["add_debug_flag", "progress_bar", "run_main", "setup_logging", "user_errors"]

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from teacher.config import ConfigError
+from teacher.config import ConfigError, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,9 @@ def load_state_dict_from_folder(
                 f"{folder} holds neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE}"
             )
         return load_tensors(single, device=device)
-    weight_map: dict[str, str] = read_json(index)["weight_map"]
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: no weight_map")
     out: dict[str, torch.Tensor] = {}
     for file in sorted(set(weight_map.values())):
         path = folder / file
@@ -305,8 +307,8 @@ class ModelFolderError(ConfigError):
 def read_model_config(folder: str | os.PathLike, cls: type, kind: str) -> Any:
     """The validated config dataclass ``cls`` of the model folder ``folder`` (a ``kind``, e.g.
     ``"VQ-VAE"``), or :class:`ModelFolderError`: no such folder, no ``config.json``, bad JSON
-    (line and column), the config of another kind of model, unknown or invalid fields."""
-    from teacher.config import config_from_dict
+    (line, column), the config of another kind of model, unknown or invalid fields."""
+    from teacher.config import load_config
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -314,23 +316,9 @@ def read_model_config(folder: str | os.PathLike, cls: type, kind: str) -> Any:
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise ModelFolderError(f"{folder}: no {CONFIG_FILE} (not a {kind} folder?)")
+    cfg = load_config(cls, path, ModelFolderError, kind)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ModelFolderError(
-            f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
-        ) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ModelFolderError(f"{path}: unreadable ({err})") from None
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    tag = data.pop("_class", cls.__name__)
-    if tag != cls.__name__:
-        raise ModelFolderError(
-            f"{folder} holds a {tag} model config, not a {kind} ({cls.__name__})"
-        )
-    try:
-        return config_from_dict(cls, data).validate()
+        return cfg.validate()
     except (ConfigError, TypeError, ValueError) as err:
         raise ModelFolderError(f"{path}: invalid {kind} config: {err}") from None
 
@@ -356,10 +344,12 @@ def load_model_weights(
     folder = Path(folder)
     try:
         state = load_state_dict_from_folder(folder, device=device)
-    except FileNotFoundError as err:
-        raise ModelFolderError(f"{folder}: {err}") from None
     except (SafetensorError, OSError, ValueError, KeyError) as err:
-        raise ModelFolderError(f"unreadable weights: {err}") from None
+        # missing, truncated or unreadable files; the messages name the file when they can
+        text = str(err)
+        raise ModelFolderError(
+            text if str(folder) in text else f"{folder}: unreadable weights ({text})"
+        ) from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from eval.demo.recipe import PRESETS, DemoConfig
 from eval.demo.runner import DemoResult, run_demo
-from teacher.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +57,16 @@ def run_from_args(args: argparse.Namespace) -> DemoResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from teacher.console import setup_logging
-    from teacher.data.dataset import DataError
+    """``python -m eval.demo``: exit status 0, or 2 with one error line (``--debug``: the
+    traceback too)."""
+    from teacher.console import run_main
 
-    setup_logging()
     p = argparse.ArgumentParser(prog="python -m eval.demo", description=__doc__.splitlines()[0])
     add_demo_args(p)
-    try:
-        res = run_from_args(p.parse_args(argv))
-    except (ConfigError, DataError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 2
-    log.info("demo finished in %.1f min: samples in %s", res.seconds / 60, res.out / "samples")
-    return 0
+
+    def run(args: argparse.Namespace) -> int:
+        res = run_from_args(args)
+        log.info("demo finished in %.1f min: samples in %s", res.seconds / 60, res.out / "samples")
+        return 0
+
+    return run_main(p, run, argv)

@@ -38,13 +38,14 @@ _MARGIN = 256
 
 
 class AudioError(ValueError):
-    """An audio file cannot be used. ``reason``: ``empty``, ``corrupt`` or ``unreadable``."""
+    """An audio file cannot be used. ``reason``: ``empty``, ``corrupt``, ``unreadable`` or
+    ``non_finite`` (NaN or Inf samples)."""
 
     def __init__(self, path: str, reason: str, detail: str = "") -> None:
         self.path = path
         self.reason = reason
         self.detail = detail
-        msg = f"{path}: {reason}"
+        msg = f"{path}: {reason.replace('_', ' ')}"
         super().__init__(f"{msg} ({detail})" if detail else msg)
 
 
@@ -91,6 +92,20 @@ def _fail(path: str, exc: BaseException) -> AudioError:
     return AudioError(path, "corrupt", f"{type(exc).__name__}: {exc}".strip())
 
 
+def check_finite(path: str, x: np.ndarray, start: int = 0, sample_rate: int = 0) -> np.ndarray:
+    """``x`` (``[C, n]`` native-rate frames from frame ``start``) if every sample is finite,
+    else :class:`AudioError` ``non_finite`` saying how many NaN/Inf samples there are and
+    where the first one is (seconds when ``sample_rate`` is known, else frames)."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return x
+    n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    first = start + int(np.argmin(finite.all(axis=0)))
+    where = f"{first / sample_rate:.3f} s" if sample_rate > 0 else f"frame {first}"
+    kinds = " and ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
+    raise AudioError(path, "non_finite", f"{kinds} samples, the first at {where}")
+
+
 def probe(path: str) -> AudioInfo:
     """Header information of ``path`` without decoding it.
 
@@ -116,23 +131,30 @@ def probe(path: str) -> AudioInfo:
 
 
 def _read_frames(path: str, start: int, frames: int) -> np.ndarray:
-    """Native-rate frames ``[start, start + frames)`` as float32 ``[C, n]`` (n may be short)."""
+    """Native-rate frames ``[start, start + frames)`` as float32 ``[C, n]`` (n may be short).
+
+    NaN or Inf samples are an :class:`AudioError` (``non_finite``): they would poison every
+    statistic, cache, code and loss they reach.
+    """
     try:
         if _use_soundfile(path):
             with sf.SoundFile(path) as f:
                 if start > 0:
                     f.seek(start)
                 data = f.read(frames, dtype="float32", always_2d=True)
-            return np.ascontiguousarray(data.T)
-        import librosa  # pragma: no cover - only with libsndfile < 1.1
+                sr = int(f.samplerate)
+            x = np.ascontiguousarray(data.T)
+        else:  # pragma: no cover - only with libsndfile < 1.1
+            import librosa
 
-        sr = probe(path).sample_rate
-        y, _ = librosa.load(
-            path, sr=None, mono=False, offset=start / sr, duration=frames / sr, dtype=np.float32
-        )
-        return np.atleast_2d(y)[:, :frames]
+            sr = probe(path).sample_rate
+            y, _ = librosa.load(
+                path, sr=None, mono=False, offset=start / sr, duration=frames / sr, dtype=np.float32
+            )
+            x = np.atleast_2d(y)[:, :frames]
     except Exception as e:
         raise _fail(path, e) from e
+    return check_finite(path, x, start, sr)
 
 
 def _fit(x: np.ndarray, n: int) -> np.ndarray:
@@ -206,21 +228,27 @@ def load_audio(path: str, sample_rate: int | None = None, mono: bool = False) ->
 def iter_blocks(path: str, block_frames: int = 1 << 16) -> tuple[AudioInfo, Iterator[np.ndarray]]:
     """``(info, blocks)``: the file's native-rate float32 ``[C, n]`` blocks, decoded in turn.
 
-    Lets a caller stream a long file (e.g. RMS over the whole file) in bounded memory.
+    Lets a caller stream a long file (e.g. RMS over the whole file) in bounded memory. A block
+    with NaN or Inf samples raises :class:`AudioError` (``non_finite``).
     """
     info = probe(path)
 
     def gen() -> Iterator[np.ndarray]:
+        if not _use_soundfile(path):  # pragma: no cover - only with libsndfile < 1.1
+            yield _read_frames(path, 0, info.frames)
+            return
+        start = 0
         try:
-            if _use_soundfile(path):
-                with sf.SoundFile(path) as f:
-                    while True:
-                        data = f.read(block_frames, dtype="float32", always_2d=True)
-                        if not len(data):
-                            break
-                        yield np.ascontiguousarray(data.T)
-            else:  # pragma: no cover - only with libsndfile < 1.1
-                yield _read_frames(path, 0, info.frames)
+            with sf.SoundFile(path) as f:
+                while True:
+                    data = f.read(block_frames, dtype="float32", always_2d=True)
+                    if not len(data):
+                        break
+                    block = check_finite(
+                        path, np.ascontiguousarray(data.T), start, info.sample_rate
+                    )
+                    start += block.shape[1]
+                    yield block
         except Exception as e:
             raise _fail(path, e) from e
 

@@ -60,11 +60,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from teacher.config import ConfigError, load_config
+from teacher.config import ConfigError
 from teacher.data.labels import LabelConfig, Labeller, Vocab
 from teacher.data.strata import StratifiedWindows
 from teacher.data.text import LyricTokenizer, TextStats
-from teacher.io import atomic_dir, atomic_write_json, model_fingerprint, read_json
+from teacher.io import (
+    atomic_dir,
+    atomic_write_json,
+    model_fingerprint,
+    read_json,
+    read_model_config,
+)
 from teacher.vqvae.config import VQVAEConfig
 
 log = logging.getLogger(__name__)
@@ -323,6 +329,7 @@ class CodeCache:
             kept=t.get("kept", 0),
             dropped=t.get("dropped", 0),
             dropped_chars=Counter(t.get("dropped_chars", {})),
+            mapped_chars=Counter(t.get("mapped_chars", {})),
         )
 
     def _level_arrays(self) -> list[np.ndarray]:
@@ -398,7 +405,7 @@ def build_code_cache(
     from teacher.data.dataset import scan_audio
     from teacher.vqvae import VQVAE
 
-    vq_cfg = load_config(VQVAEConfig, str(Path(vqvae_dir) / "config.json"))
+    vq_cfg = read_model_config(vqvae_dir, VQVAEConfig, "VQ-VAE")
     data_cfg = data_cfg.validate()
     if data_cfg.sample_rate != vq_cfg.sample_rate:
         raise ConfigError(
@@ -424,8 +431,8 @@ def build_code_cache(
             log.warning("code cache %s unreadable (%s); rebuilding", out, err)
 
     t0 = time.perf_counter()
-    scan = scan_audio(data_cfg)
-    vqvae = VQVAE.from_pretrained(vqvae_dir, device=device).eval()
+    vqvae = VQVAE.from_pretrained(vqvae_dir, device=device).eval()  # damaged: fails before the scan
+    scan = scan_audio(data_cfg)  # files with NaN/Inf samples (or otherwise unusable) are skipped
     vqvae.requires_grad_(False)
     if chunk is None:
         ctx = max(encoder_context(e, h) for e, h in zip(vqvae.encoders, vq_cfg.hop_lengths))
@@ -508,6 +515,7 @@ def build_code_cache(
                     "kept": text.kept,
                     "dropped": text.dropped,
                     "dropped_chars": dict(text.dropped_chars),
+                    "mapped_chars": dict(text.mapped_chars),
                 },
                 "files": [f.to_dict() for f in files],
                 "created": time.time(),

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 CACHE_MODES = ("none", "decoded")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
-SKIP_REASONS = ("unreadable", "corrupt", "empty", "silent", "too_short")
+SKIP_REASONS = ("unreadable", "corrupt", "empty", "non_finite", "silent", "too_short")
 
 
 class DataError(ValueError):
@@ -440,7 +440,11 @@ def _decode_to_cache(cfg: DataConfig, path: str, cache: str) -> tuple[AudioInfo,
                 float(np.square(x[:, i : i + (1 << 20)], dtype=np.float64).sum())
                 for i in range(0, x.shape[1], 1 << 20)
             )
-            return info, math.sqrt(ss / max(1, x.size)), int(x.shape[1])
+            if math.isfinite(ss):
+                return info, math.sqrt(ss / max(1, x.size)), int(x.shape[1])
+            # written by an older version that cached NaN/Inf audio: decode (and refuse) again
+            del x
+            os.unlink(cache)
         except (OSError, ValueError) as e:
             log.warning("cache file %s unreadable (%s); decoding %s again", cache, e, path)
     x = load_audio(path, cfg.sample_rate)
@@ -472,10 +476,11 @@ def scan_audio(cfg: DataConfig) -> ScanResult:
     Every file with one of ``cfg.extensions`` is probed and decoded once (streamed RMS with
     ``cache="none"``; decoded into the cache with ``cache="decoded"``). Unusable files are
     skipped with one warning each and counted by reason: ``unreadable``, ``corrupt``,
-    ``empty`` (no samples), ``silent`` (RMS < ``silence_threshold``), ``too_short`` (less than
-    ``cfg.min_length`` samples at the model rate). Other sample rates are resampled and more
-    than two channels averaged; neither is skipped. Raises :class:`DataError` when the folder
-    is missing or nothing is usable, listing the skip reasons.
+    ``empty`` (no samples), ``non_finite`` (NaN or Inf samples; never cached), ``silent``
+    (RMS < ``silence_threshold``), ``too_short`` (less than ``cfg.min_length`` samples at the
+    model rate). Other sample rates are resampled and more than two channels averaged;
+    neither is skipped. Raises :class:`DataError` when the folder is missing or nothing is
+    usable, listing the skip reasons.
 
     With several processes, scan on the main process first (e.g. inside accelerate's
     ``main_process_first()``) so the others find the decoded cache instead of decoding too;

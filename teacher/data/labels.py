@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from teacher.config import ConfigError
+from teacher.config import ConfigError, read_json_object
 from teacher.data.text import VOCABS, LyricTokenizer, genre_words, normalize_name
 
 log = logging.getLogger(__name__)
@@ -174,11 +174,17 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str) -> Vocab:
-        """Read :meth:`save` output (a file, or a folder holding ``vocab.json``)."""
+        """Read :meth:`save` output (a file, or a folder holding ``vocab.json``); a missing,
+        unreadable or malformed file is one :class:`ConfigError` naming it."""
         if os.path.isdir(path):
             path = os.path.join(path, VOCAB_FILE)
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        data = read_json_object(path)
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ConfigError(
+                f"{path}: not an artist/genre vocabulary ({type(err).__name__}: {err})"
+            ) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from unidecode import unidecode
@@ -53,7 +53,8 @@ class TextStats:
     ``chars`` counts input characters, ``mapped`` the non-ASCII ones that ``unidecode``
     transliterated (``é`` → ``e``), ``kept`` the characters of the cleaned text and ``dropped``
     the characters removed because they are outside the vocabulary (after transliteration; a
-    transliteration to nothing counts as mapped only). ``dropped_chars`` says which ones.
+    transliteration to nothing counts as mapped only). ``mapped_chars`` says which characters
+    became what (``"é→e"``), ``dropped_chars`` which ones were dropped.
     """
 
     chars: int = 0
@@ -61,6 +62,7 @@ class TextStats:
     kept: int = 0
     dropped: int = 0
     dropped_chars: Counter[str] = field(default_factory=Counter)
+    mapped_chars: Counter[str] = field(default_factory=Counter)
 
     def update(self, other: TextStats) -> None:
         """Add ``other``'s counts to these (to total over a dataset)."""
@@ -69,14 +71,20 @@ class TextStats:
         self.kept += other.kept
         self.dropped += other.dropped
         self.dropped_chars.update(other.dropped_chars)
+        self.mapped_chars.update(other.mapped_chars)
 
     def summary(self, top: int = 8) -> str:
-        """One line: ``chars, mapped, dropped (most common dropped characters)``."""
-        text = f"{self.chars} lyric chars, {self.mapped} transliterated, {self.dropped} dropped"
-        if self.dropped_chars:
-            common = ", ".join(f"{c!r}×{n}" for c, n in self.dropped_chars.most_common(top))
-            text += f" ({common})"
-        return text
+        """One line: ``chars, transliterated (the most common), dropped (the most common)``."""
+
+        def common(counts: Counter[str], show: Callable[[str], str]) -> str:
+            shown = ", ".join(f"{show(c)}×{n}" for c, n in counts.most_common(top))
+            return f" ({shown})" if shown else ""
+
+        return (
+            f"{self.chars} lyric chars, {self.mapped} transliterated"
+            f"{common(self.mapped_chars, lambda m: '→'.join(map(repr, m.split('→', 1))))}, "
+            f"{self.dropped} dropped{common(self.dropped_chars, repr)}"
+        )
 
 
 class LyricTokenizer:
@@ -122,6 +130,7 @@ class LyricTokenizer:
             else:
                 piece = unidecode(ch)
                 stats.mapped += 1
+                stats.mapped_chars[f"{ch}→{piece}"] += 1
             for c in piece.replace("\\", "\n"):
                 if c in self._allowed:
                     out.append(c)

@@ -60,6 +60,7 @@ from teacher.generate.windows import (
     per_level,
     plan_windows,
 )
+from teacher.io import ModelFolderError
 from teacher.levels import level_index, level_name
 from teacher.prior.config import check_against_vqvae
 from teacher.prior.model import Prior
@@ -98,7 +99,11 @@ class Jukebox:
         priors: level (index or name) -> :class:`Prior`; levels not given cannot be sampled.
         vocabs: level -> :class:`Vocab` mapping names to the ids that prior was trained with;
             ``vocab`` serves the levels without one.
+
+    ``root`` is the teacher folder it was loaded from (:meth:`from_pretrained`; else None).
     """
+
+    root: Path | None = None
 
     def __init__(
         self,
@@ -132,7 +137,11 @@ class Jukebox:
     def from_pretrained(
         cls, teacher_dir: str | os.PathLike, device: str | torch.device | None = None
     ) -> Jukebox:
-        """Load ``teacher_dir/{vqvae,top,middle,bottom}`` (missing prior folders are skipped)."""
+        """Load ``teacher_dir/{vqvae,top,middle,bottom}`` (missing prior folders are skipped).
+
+        A damaged part is one :class:`~teacher.io.ModelFolderError` naming its folder; parts
+        that do not belong together (levels, geometry) one naming the teacher folder.
+        """
         root = Path(teacher_dir)
         device = torch.device(device or "cpu")
         if not (root / VQVAE_DIR).is_dir():
@@ -154,7 +163,19 @@ class Jukebox:
             root,
             ", ".join(level_name(lv, vqvae.levels) for lv in sorted(priors, reverse=True)),
         )
-        return cls(vqvae, priors, vocabs, shared)
+        try:
+            jukebox = cls(vqvae, priors, vocabs, shared)
+        except ConfigError as err:
+            raise ModelFolderError(f"{root}: the parts do not belong together: {err}") from None
+        jukebox.root = root
+        return jukebox
+
+    def missing_prior(self, level: int) -> str:
+        """Where the prior of ``level`` was looked for, for the error that it is missing."""
+        name = level_name(level, self.levels)
+        if self.root is None:
+            return f"no {name} prior in this teacher"
+        return f"no {name} prior in the teacher folder {self.root} (no {name}/ folder)"
 
     @property
     def device(self) -> torch.device:
@@ -365,10 +386,7 @@ class Jukebox:
         override = {level_index(k, self.levels): s for k, s in (samplers or {}).items()}
         for level in todo:
             if level not in self.priors and level not in override:
-                raise ConfigError(
-                    f"no {level_name(level, self.levels)} prior in this teacher: cannot sample "
-                    f"level {level}"
-                )
+                raise ConfigError(f"{self.missing_prior(level)}: cannot sample level {level}")
             if level < self.levels - 1:
                 up = level + 1
                 full = up in todo or (
@@ -518,6 +536,8 @@ def _prompt_tensor(prompt: str | os.PathLike | Tensor | np.ndarray, sample_rate:
         raise ConfigError(
             f"prompt audio must be mono [T], [1, T] or [1, 1, T], got {tuple(x.shape)}"
         )
+    if not bool(torch.isfinite(x).all()):  # a file's NaN/Inf are refused by load_audio
+        raise ConfigError(f"prompt audio has {int((~torch.isfinite(x)).sum())} NaN or Inf samples")
     return x
 
 

@@ -151,8 +151,9 @@ def resolve_names(
     n_levels: int,
 ) -> tuple[dict[int, LevelLabels], dict[str, Any]]:
     """A :class:`LevelLabels` per level of ``levels`` for the song ``names`` (``artist``,
-    ``genre``, ``lyrics``, ``words``), and what the lyrics lost in cleaning (``info``). The
-    names are mapped to each prior's ids; all unknown names are one :class:`ConfigError`."""
+    ``genre``, ``lyrics``, ``words``), and what the lyrics lost in cleaning (``info``; also
+    one console warning listing the transliterated and dropped characters). The names are
+    mapped to each prior's ids; all unknown names are one :class:`ConfigError`."""
     artist, genre = names["artist"], names["genre"]
     problems: dict[str, list[str]] = {}
     ids: dict[int, tuple[int, list[int]]] = {}
@@ -201,8 +202,8 @@ def resolve_names(
             lyric_version(priors[lv].cfg.lyrics.n_vocab) for lv in levels if priors[lv].cfg.n_tokens
         )
         cleaned, stats = LyricTokenizer(version).clean_with_stats(lyrics)
-        if stats.dropped:
-            log.warning("lyrics: %s", stats.summary())
+        if stats.mapped or stats.dropped:  # on the console: the song is not sung as written
+            log.warning("lyrics changed to fit the model's alphabet: %s", stats.summary())
     makers = {
         lv: LevelLabels(priors[lv], vocabs.get(lv), *ids[lv], lyrics, names.get("words"))
         for lv in levels
@@ -212,6 +213,8 @@ def resolve_names(
         "genre": genre,
         "lyrics": cleaned,
         "lyrics_chars": stats.chars,
+        "lyrics_transliterated": stats.mapped,
+        "lyrics_transliterated_chars": dict(stats.mapped_chars),
         "lyrics_dropped": stats.dropped,
         "lyrics_dropped_chars": dict(stats.dropped_chars),
     }

@@ -33,6 +33,7 @@ import pickle
 import re
 import struct
 import sys
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -122,31 +123,102 @@ def _is_zip_checkpoint(path: Path) -> bool:
     return False
 
 
+def _pickle_globals(stream: Any) -> Iterator[str]:
+    """``module.name`` of every global the pickles in ``stream`` reference, read from their
+    opcodes (:mod:`pickletools`: nothing is executed). A protocol-4 ``STACK_GLOBAL`` takes its
+    names from the strings pushed just before it (directly or from the memo)."""
+    import pickletools
+
+    for _ in range(8):  # a legacy torch file is several pickles, then raw data
+        strings: list[str | None] = []
+        memo: dict[int, str | None] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    yield str(arg).replace(" ", ".")
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2 and None not in strings[-2:]:
+                    yield f"{strings[-2]}.{strings[-1]}"
+                elif isinstance(arg, str) and "UNICODE" in op.name:
+                    strings.append(arg)
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = strings[-1] if strings else None
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[int(arg)] = strings[-1] if strings else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    strings.append(memo.get(int(arg)))
+        except Exception:  # the raw data after the pickles, or a damaged stream
+            return
+
+
+def _refused_global(path: Path, message: str) -> str | None:
+    """The global that made ``weights_only`` refuse ``path``: from torch's ``message``, else the
+    first global of the pickle that is neither torch's nor one ``weights_only`` allows."""
+    if m := re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", message):
+        return m.group(1)
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # pragma: no cover - another torch
+        allowed = set()
+    allowed.update(name for g in _numpy_safe_globals() if isinstance(g, tuple) for name in g[1:])
+    try:
+        with contextlib.ExitStack() as stack:
+            if zipfile.is_zipfile(path):
+                zf = stack.enter_context(zipfile.ZipFile(path))
+                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if pkl is None:
+                    return None
+                stream = stack.enter_context(zf.open(pkl))
+            else:
+                stream = stack.enter_context(open(path, "rb"))
+            for name in _pickle_globals(stream):
+                if name not in allowed and not name.startswith("torch."):
+                    return name
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def _unpickling_reason(message: str) -> str:
+    """Why torch's unpickler failed, without its advice to load with ``weights_only=False``."""
+    keep = [
+        p.strip()
+        for p in re.split(r"\n\s*\n", message)
+        if p.strip() and "weights_only" not in p and "Check the documentation" not in p
+    ]
+    text = " ".join(keep).removeprefix("WeightsUnpickler error:").strip()
+    return text or "unsupported pickle content"
+
+
 @contextlib.contextmanager
 def _unpickling(path: Path) -> Iterator[None]:
     """Unpickle under ``weights_only`` rules (+ numpy scalars); failures become one
-    :class:`ConvertError` naming the file and what was refused."""
+    :class:`ConvertError` naming the file and, for a pickle that calls code, the global it
+    calls (never advising to load it unsafely)."""
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
+            # torch warns about pickle protocols it does not expect; the error says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             yield
     except (ConvertError, _NotLazy):
         raise
     except pickle.UnpicklingError as err:
         text = str(err)
-        if m := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        if name := _refused_global(path, text):
             raise ConvertError(
-                f"{path}: refusing to load it: its pickle calls {m.group(1)}, which "
-                "weights_only=True does not allow (it could run code; checkpoints of weights "
-                "never need it)"
-            ) from err
-        m = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, flags=re.S)
+                f"{path}: refused for safety: its pickle calls {name}, which could run code "
+                "(only tensors and plain data are loaded; a checkpoint of weights never needs it)"
+            ) from None
         raise ConvertError(
-            f"{path}: not a PyTorch checkpoint (unpickling failed: "
-            f"{m.group(1).strip() if m else text.splitlines()[0]})"
-        ) from err
+            f"{path}: not a PyTorch checkpoint (unpickling failed: {_unpickling_reason(text)})"
+        ) from None
     except Exception as err:  # torch raises RuntimeError/EOFError/OSError/... on bad files
+        if path.is_file() and path.stat().st_size == 0:
+            raise ConvertError(f"{path}: empty file (0 bytes)") from None
         raise ConvertError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or another format?): {err}"
+            f"{path}: not a readable PyTorch checkpoint (truncated or another format?): "
+            f"{str(err) or type(err).__name__}"
         ) from err
 
 

@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from teacher.config import ConfigError, load_config
+from teacher.config import ConfigError
 from teacher.console import run_main
+from teacher.io import read_model_config
 from teacher.levels import level_index
 from teacher.presets import PRIOR_PRESETS, VQVAE_PRESETS, prior_preset
 from teacher.train.loop import LR_SCHEDULERS, MIXED_PRECISION, REPORT_TO, TrainConfig
@@ -193,9 +194,7 @@ def prior_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from teacher.data.labels import LabelConfig
 
     vq_path = Path(args.vqvae)
-    if not (vq_path / "config.json").is_file():
-        raise FileNotFoundError(f"--vqvae {vq_path} is not a VQ-VAE folder (no config.json)")
-    vq_cfg = load_config(VQVAEConfig, str(vq_path / "config.json"))
+    vq_cfg = read_model_config(vq_path, VQVAEConfig, "VQ-VAE")
     level = level_index(args.level, vq_cfg.levels)
     prior_cfg = prior_preset(
         args.preset, level, vq_cfg, args.n_ctx, args.n_tokens, args.lyric_version

@@ -19,11 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from teacher.config import ConfigError, config_to_dict, load_config
+from teacher.config import ConfigError, config_to_dict
 from teacher.io import atomic_write_json, model_fingerprint, read_json, resolve_resume
 from teacher.levels import level_name
 from teacher.train.loop import Job, StepOutput, TrainConfig, make_accelerator, run_training
-from teacher.vqvae.config import VQVAEConfig
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +144,9 @@ def train_prior(
     if codes_mode not in CODES_MODES:
         raise ConfigError(f"--codes must be one of {CODES_MODES}, got {codes_mode!r}")
     vq_path = Path(vqvae_dir)
-    if not (vq_path / "config.json").is_file():
-        raise FileNotFoundError(f"{vq_path} is not a VQ-VAE folder (no config.json)")
-    vq_cfg = load_config(VQVAEConfig, str(vq_path / "config.json"))
+    # the whole VQ-VAE (config and weights): a damaged folder fails before any data work
+    vqvae = VQVAE.from_pretrained(vq_path).eval().requires_grad_(False)
+    vq_cfg = vqvae.cfg
     out_dir = Path(cfg.output_dir)
     resume = resolve_resume(cfg.resume_from_checkpoint, out_dir / "checkpoints")
     if resume is not None:
@@ -182,7 +181,6 @@ def train_prior(
 
     # -- data: the main process builds the code cache (or scans) first, the others reuse it --
     vocab_saved = Vocab.load(str(resume / "model")) if resume is not None else None
-    vqvae = None
     with accelerator.main_process_first():
         if codes_mode == "cache":
             cache = build_code_cache(vq_path, data_cfg, code_cache_dir, progress=main)
@@ -206,8 +204,7 @@ def train_prior(
                 no_meta,
                 n_files,
             )
-        vqvae = VQVAE.from_pretrained(vq_path, device=accelerator.device).eval()
-        vqvae.requires_grad_(False)
+        vqvae = vqvae.to(accelerator.device)
     if resume is None:
         prior_cfg = _fit_labels(prior_cfg, vocab)
     _check_timing(prior_cfg, lengths)

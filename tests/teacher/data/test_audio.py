@@ -10,6 +10,7 @@ import torch
 from teacher.data.audio import (
     SOUNDFILE_MP3,
     AudioError,
+    iter_blocks,
     load_audio,
     probe,
     read_crop,
@@ -108,6 +109,30 @@ def test_unreadable_files_raise_audio_error(tmp_path, content, reason):
     with pytest.raises(AudioError) as e:
         probe(str(tmp_path / "missing.wav"))
     assert e.value.reason == "unreadable"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_raise_audio_error(tmp_path, bad):
+    """NaN/Inf samples are refused wherever they are read: whole file, blocks, a crop that
+    covers them (resampled or not); a crop elsewhere in the file still reads."""
+    x = _stereo(16000, 1.0)
+    x[8000, 1] = bad  # 0.5 s, right channel
+    path = str(tmp_path / "bad.wav")
+    sf.write(path, x, 16000, subtype="FLOAT")
+    kind = "NaN" if np.isnan(bad) else "Inf"
+    for read in (
+        lambda: load_audio(path),
+        lambda: load_audio(path, 22050, mono=True),
+        lambda: list(iter_blocks(path, block_frames=1000)[1]),
+        lambda: read_crop_samples(path, 7000, 2000, 16000),
+        lambda: read_crop_samples(path, 5000, 2000, 11025),
+    ):
+        with pytest.raises(
+            AudioError, match=rf"bad\.wav: non finite \(1 {kind} samples, the first at 0\.500 s\)"
+        ) as e:
+            read()
+        assert e.value.reason == "non_finite"
+    assert np.isfinite(read_crop_samples(path, 0, 4000, 16000)).all()
 
 
 def test_write_wav_clips_and_accepts_tensors(tmp_path):

@@ -389,7 +389,7 @@ def _resave(path, edit):
             "not_a_checkpoint",
             r"vqvae\.pth\.tar: not a PyTorch checkpoint \(unpickling failed: Unsupported operand",
         ),
-        ("pickled_code", r"prior_level_0\.pth\.tar: refusing to load it: its pickle calls print"),
+        ("pickled_code", r"prior_level_0\.pth\.tar: refused for safety: its pickle calls print"),
         ("missing", r"tensor 'prior\.x_emb\.weight' of the tiny top prior is missing"),
         ("unexpected", r"prior_level_1\.pth\.tar: tensor 'extra\.w' is not a tensor of"),
         ("shape", r"prior_level_0\.pth\.tar: tensor 'prior\.pos_emb\.pos_emb' has shape \[31"),

@@ -1,0 +1,49 @@
+"""Where and in what precision models run: ``--device`` and ``--dtype`` of every command.
+
+``auto`` picks CUDA when a CUDA device is present, else the CPU. Weights may be stored in any
+floating dtype (OpenAI's 5b priors are partly fp16); they are cast to the requested one when a
+model loads. Half precision computes layer norms, the softmax and the logits in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from teacher.config import ConfigError
+
+#: ``--dtype`` names
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None): CUDA when present, else the CPU; otherwise ``torch.device(device)``
+    (a CUDA device that is not there is a :class:`ConfigError`)."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        out = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"--device {device!r}: {err}") from None
+    if out.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is available here")
+    return out
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """A ``--dtype`` name (or a torch dtype; None: float32) -> the torch dtype."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ConfigError(f"dtype {dtype} is not one of {sorted(DTYPES)}")
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+__all__ = ["DTYPES", "resolve_device", "resolve_dtype"]
