@@ -17,6 +17,7 @@ from student.config import (
     student_config_for,
 )
 from teacher.config import ConfigError
+from teacher.device import DTYPES
 from teacher.vqvae.config import VQVAEConfig
 
 #: the named loss weights (keys = log keys of the terms). ``mrstft`` 1.0: auraloss's MR-STFT
@@ -51,6 +52,8 @@ class DistillConfig:
         ce_warmup_steps: the ``ce`` weight decays linearly to 0 over these optimiser steps.
         ce_target: warm-up targets: ``"real"`` (the window's true codes) or ``"teacher"``
             (codes sampled from the teacher at ``teacher_temperature``, sequential: slow).
+        teacher_dtype: the frozen teacher prior's precision (``float32``, ``bfloat16``,
+            ``float16``); its logits are fp32 either way.
         teacher_temperature: the teacher's logits are divided by it (its sampling temperature);
             the KL at temperature 1 is logged as well (``kl_per_token_t1``).
         tau: temperature of the straight-through Gumbel-softmax codes fed to the decoder.
@@ -76,6 +79,7 @@ class DistillConfig:
     ce_warmup_steps: int = 0
     ce_target: str = "real"
     teacher_temperature: float = TEACHER_SAMPLING_TEMPERATURE
+    teacher_dtype: str = "float32"
     tau: float = 1.0
     gaussian_loss: str = "calibrated"
     mc_bandwidth: float = 0.1
@@ -114,6 +118,8 @@ class DistillConfig:
             raise ConfigError("--ce_weight > 0 needs --ce_warmup_steps > 0 (it decays to 0)")
         if self.ce_target not in CE_TARGETS:
             raise ConfigError(f"--ce_target must be one of {CE_TARGETS}, got {self.ce_target!r}")
+        if self.teacher_dtype not in DTYPES:
+            raise ConfigError(f"--teacher_dtype must be one of {sorted(DTYPES)}")
         if not self.teacher_temperature > 0:
             raise ConfigError(f"--teacher_temperature must be > 0, got {self.teacher_temperature}")
         if not self.tau > 0:

@@ -55,6 +55,7 @@ from distill.speculative import (
 )
 from student.base import CONFIG_FILE, Student, load_student
 from teacher.config import ConfigError
+from teacher.device import resolve_dtype
 from teacher.generate.jukebox import Jukebox
 from teacher.generate.result import GenerationResult
 from teacher.generate.sampler import ExactSampler, LevelSampler, ProgressFn, WindowInputs
@@ -71,6 +72,19 @@ LEVEL_MODES = ("exact", "student", "speculative")
 STUDENTS_DIR = "students"
 #: the folder ``distill.train`` exports its student to, inside its output folder
 EXPORT_DIR = "student"
+#: memory a student's chunk may hold in noise, logits and relaxed codes (auto_chunk)
+STUDENT_MEMORY_BYTES = 256 << 20
+
+
+def auto_chunk(batch: int, l_bins: int, ratio: int, budget: int | None = None) -> int:
+    """New codes per student call so that ``3 · batch · chunk · l_bins`` fp32 values fit in
+    ``budget`` bytes (default :data:`STUDENT_MEMORY_BYTES`), a multiple of the upsampling
+    ``ratio`` (at least one ratio)."""
+    budget = STUDENT_MEMORY_BYTES if budget is None else budget
+    per_code = 3 * 4 * batch * l_bins
+    return max(ratio, budget // per_code // ratio * ratio)
+
+
 #: a student's window: unbounded (the windowing loop then gives it the whole level). A power
 #: of two, so any hop fraction 2^-k gives a hop that is a multiple of the upsampling ratio.
 WHOLE_SONG = 1 << 40
@@ -177,8 +191,12 @@ class StudentSampler(LevelSampler):
         student: the level's student (eval mode is set).
         temperature: its sampling temperature (1.0: the distribution it was distilled to match,
             the teacher at its distillation temperature).
-        chunk_size: None: one call of K passes over the window. Else new positions are drawn in
-            chunks of this many (a multiple of the upsampling ratio), for memory. Overlap
+        chunk_size: new positions are drawn in chunks of this many (a multiple of the
+            upsampling ratio), for memory; None sizes them so that one chunk's noise, logits and
+            relaxed codes (``3 · B · chunk · l_bins`` fp32 values) stay under
+            :data:`STUDENT_MEMORY_BYTES` (a whole window when it fits: one call of K passes;
+            a 60 s bottom level of the released model would otherwise hold ~2.7 GB per stage
+            and tensor). Overlap
             policy: a chunk continues the codes before it like a prompt — the last
             ``receptive_field`` codes (all a stage reads) are forced as its prefix, so chunking
             costs K passes per chunk and nothing else; its conditioning is computed from the
@@ -238,27 +256,28 @@ class StudentSampler(LevelSampler):
         prefix, upper = prefix.to(device), upper.to(device)
         labels = student_labels(student, labels)
         labels = None if labels is None else labels.to(device)
+        chunk = self.chunk_size or auto_chunk(b, student.cfg.l_bins, self.ratio)
         with torch.inference_mode():
-            if self.chunk_size is None or length - t0 <= self.chunk_size:
+            if length - t0 <= chunk:
                 cond = student.condition(upper, labels)[:, :length]
                 draw = student_sample(student, cond, prefix, generator, self.temperature)
                 self.passes += draw.passes
                 out = draw.codes
             else:
-                out = self._chunked(length, prefix, labels, upper, generator, progress)
+                out = self._chunked(length, prefix, labels, upper, generator, progress, chunk)
         self.calls += 1
         if progress is not None:
             progress(length - t0, length - t0)
         return out.clone()  # a normal tensor again
 
-    def _chunked(self, length, prefix, labels, upper, generator, progress) -> Tensor:
+    def _chunked(self, length, prefix, labels, upper, generator, progress, chunk) -> Tensor:
         student, r, m = self.student, self.ratio, self.cond_margin
         b, t0 = prefix.shape
         codes = torch.zeros(b, length, dtype=torch.long, device=prefix.device)
         codes[:, :t0] = prefix
         rf = receptive_field(student)
-        for a in range(t0, length, self.chunk_size):
-            e = min(a + self.chunk_size, length)
+        for a in range(t0, length, chunk):
+            e = min(a + chunk, length)
             s0 = max(0, a - rf) // r * r  # context start, on an upper-code boundary
             u0, u1 = max(0, s0 // r - m), min(upper.shape[1], -(-e // r) + m)
             cond = student.condition(upper[:, u0:u1], labels)[:, s0 - u0 * r : e - u0 * r]
@@ -404,9 +423,11 @@ class FastJukebox:
         cls,
         teacher_dir: str | os.PathLike,
         students: str | os.PathLike | Mapping[int | str, str | os.PathLike] | None = None,
-        device: str | torch.device | None = None,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = None,
     ) -> FastJukebox:
-        """Load a teacher folder (:meth:`Jukebox.from_pretrained`) and its students.
+        """Load a teacher folder (:meth:`Jukebox.from_pretrained`, on ``device`` in ``dtype``)
+        and its students (in the same dtype).
 
         ``students``: level -> folder, or one folder with a subfolder per upsampling level
         (``middle/``, ``bottom/``), or None for ``teacher_dir/students``. A level's folder is a
@@ -415,7 +436,7 @@ class FastJukebox:
         of a students folder without a subfolder are just not loaded (a mode that needs them
         then names the folder it looked for).
         """
-        jukebox = Jukebox.from_pretrained(teacher_dir, device=device)
+        jukebox = Jukebox.from_pretrained(teacher_dir, device=device, dtype=dtype)
         levels = jukebox.levels
         upsamplers = [lv for lv in range(levels - 1)]
         expected: dict[int, Path] = {}
@@ -440,7 +461,7 @@ class FastJukebox:
                         f"(expected {CONFIG_FILE} there or in {folder / EXPORT_DIR})"
                     )
                 continue
-            loaded[lv] = load_student(found, device=jukebox.device)
+            loaded[lv] = load_student(found, device=jukebox.device, dtype=resolve_dtype(dtype))
             log.info("loaded the %s student from %s", level_name(lv, levels), found)
         return cls(jukebox, loaded, {lv: str(p) for lv, p in expected.items()})
 
@@ -672,7 +693,9 @@ __all__ = [
     "LevelStats",
     "STUDENTS_DIR",
     "StudentSampler",
+    "STUDENT_MEMORY_BYTES",
     "WHOLE_SONG",
+    "auto_chunk",
     "parse_level_modes",
     "parse_students",
     "resolve_level_modes",

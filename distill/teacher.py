@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from teacher.config import ConfigError, read_json_object
+from teacher.device import resolve_dtype
 from teacher.io import ModelFolderError, model_fingerprint, read_model_config
 from teacher.levels import level_name
 from teacher.vqvae.config import VQVAEConfig
@@ -78,9 +79,13 @@ def teacher_paths(teacher_dir: str | Path, level: int) -> tuple[Path, Path]:
 
 
 def load_teacher(
-    teacher_dir: str | Path, level: int, device: str | torch.device = "cpu"
+    teacher_dir: str | Path,
+    level: int,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
 ) -> Teacher:
-    """Load and freeze the level-``level`` upsampler and the VQ-VAE of ``teacher_dir``.
+    """Load and freeze the level-``level`` upsampler (in ``dtype``, default fp32: its scoring
+    pass computes logits in fp32 either way) and the VQ-VAE of ``teacher_dir``.
 
     Checks that the prior is that level's upsampler, matches the VQ-VAE's geometry and, when
     its ``vqvae.json`` names a fingerprint, was trained on this VQ-VAE's codes.
@@ -123,7 +128,8 @@ def load_teacher(
     else:
         vocab = None
         log.warning("%s has no %s: the code cache's vocabulary is used", prior_dir, VOCAB_FILE)
-    prior = Prior.from_pretrained(prior_dir).to(device).eval().requires_grad_(False)
+    prior = Prior.from_pretrained(prior_dir, dtype=resolve_dtype(dtype))
+    prior = prior.to(device).eval().requires_grad_(False)
     return Teacher(
         prior=prior,
         vqvae=vqvae,

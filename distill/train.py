@@ -62,6 +62,7 @@ from student.config import (
 )
 from teacher.config import ConfigError, config_to_dict, load_config
 from teacher.console import run_main
+from teacher.device import DTYPES
 from teacher.io import (
     atomic_write_json,
     model_fingerprint,
@@ -200,7 +201,7 @@ def distill(
     device = accelerator.device
     set_seed(run_cfg.seed, device_specific=False)
 
-    teacher = load_teacher(teacher_dir, level, device=device)
+    teacher = load_teacher(teacher_dir, level, device=device, dtype=dcfg.teacher_dtype)
     with accelerator.main_process_first():
         cache = build_code_cache(vq_dir, data_cfg, dcfg.code_cache_dir, progress=main)
     vocab = teacher.vocab or cache.vocab
@@ -349,6 +350,7 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
         ("ce_warmup_steps", int, "the ce weight decays linearly to 0 over these steps"),
         ("ce_target", CE_TARGETS, "warm-up targets: the true codes or teacher samples (slow)"),
         ("teacher_temperature", float, "the teacher's sampling temperature (divides its logits)"),
+        ("teacher_dtype", tuple(DTYPES), "the frozen teacher's precision (its logits are fp32)"),
         ("tau", float, "straight-through Gumbel-softmax tau"),
         ("gaussian_loss", GAUSSIAN_OBJECTIVES, "Gaussian student's KL: closed form or Monte-Carlo"),
         ("mc_bandwidth", float, "std of the Monte-Carlo mixture around the unit-norm codes"),
@@ -379,6 +381,7 @@ def distill_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         ce_warmup_steps=args.ce_warmup_steps,
         ce_target=args.ce_target,
         teacher_temperature=args.teacher_temperature,
+        teacher_dtype=args.teacher_dtype,
         tau=args.tau,
         gaussian_loss=args.gaussian_loss,
         mc_bandwidth=args.mc_bandwidth,

@@ -55,6 +55,7 @@ from eval.results import EvalResult
 from eval.runner import Evaluation
 from teacher.config import ConfigError
 from teacher.console import run_main
+from teacher.device import add_device_args
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def evaluate(
     song_seconds: float | None = None,
     hybrid: str = DEFAULT_HYBRID,
     gamma: int = DEFAULT_GAMMA,
-    device: str | torch.device | None = None,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = None,
     fd_level: int | None = None,
     fd_frames: int = DEFAULT_FD_FRAMES,
 ) -> EvalResult:
@@ -117,7 +119,8 @@ def evaluate(
         song_seconds: length of the end-to-end song; default the clip length.
         hybrid: hybrid mode's per-level plan (``"middle=exact,bottom=student"``).
         gamma: speculative drafts per teacher pass.
-        device: where the models run (default CPU).
+        device: where the models run (``"auto"``: CUDA when present, else the CPU).
+        dtype: the priors' and students' precision (default fp32).
         fd_level: VQ-VAE level whose encoder gives the FD-VQ features (default the top).
         fd_frames: latent frames pooled into one FD-VQ vector (fewer for short clips).
     """
@@ -125,7 +128,7 @@ def evaluate(
         raise ConfigError("evaluate needs a data folder of held-out audio (data_dir)")
     if gamma < 1:
         raise ConfigError(f"gamma must be >= 1, got {gamma}")
-    fj = FastJukebox.from_pretrained(teacher_dir, students=students, device=device)
+    fj = FastJukebox.from_pretrained(teacher_dir, students=students, device=device, dtype=dtype)
     jb = fj.jukebox
     length = clip_length(jb, seconds)
     song = clip_length(jb, song_seconds) if song_seconds is not None else length
@@ -211,7 +214,7 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--hybrid", default=DEFAULT_HYBRID, help="hybrid mode's level modes")
     parser.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="speculative drafts")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default cpu)")
+    add_device_args(parser)
     parser.add_argument(
         "--fd_frames", type=int, default=DEFAULT_FD_FRAMES, help="latent frames per FD-VQ vector"
     )
@@ -249,6 +252,7 @@ def run_eval(args: argparse.Namespace) -> int:
         hybrid=args.hybrid,
         gamma=args.gamma,
         device=args.device,
+        dtype=args.dtype,
         fd_frames=args.fd_frames,
     )
     for kind, path in result.files.items():

@@ -191,6 +191,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     from distill.pipeline import FAST_MODES
+    from teacher.device import add_device_args
 
     p = sub.add_parser(
         "sample",
@@ -221,7 +222,13 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top_p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--levels", default=None, help="levels to sample, e.g. top or top,middle")
-    p.add_argument("--device", default=None, help="e.g. cuda (default cpu)")
+    p.add_argument(
+        "--student_chunk_size",
+        type=int,
+        default=None,
+        help="codes a student draws per call (default: sized to bound the memory)",
+    )
+    add_device_args(p)
     p.add_argument("--no_progress", action="store_true")
 
 
@@ -235,7 +242,9 @@ def _run_sample(args: argparse.Namespace) -> int:
     if args.prompt is not None and args.codes is not None:
         raise ConfigError("--prompt (continue) and --codes (upsample) exclude each other")
     students = parse_students(args.students) if args.students else None
-    jb = FastJukebox.from_pretrained(args.teacher, students=students, device=args.device)
+    jb = FastJukebox.from_pretrained(
+        args.teacher, students=students, device=args.device, dtype=args.dtype
+    )
     temperature = None
     if args.temperature is not None:
         try:
@@ -244,6 +253,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             raise ConfigError(f"--temperature: {err}") from None
         temperature = temps[0] if len(temps) == 1 else temps
     passed = ("artist", "top_k", "top_p", "seed", "mode", "level_modes", "student_temperature")
+    passed += ("student_chunk_size",)
     common: dict[str, Any] = {k: getattr(args, k) for k in passed}  # flags taken as they are
     common.update(
         genre=[g.strip() for g in args.genre.split(",")] if args.genre else None,

@@ -316,10 +316,13 @@ class Student(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, device: str | torch.device | None = None
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> Student:
-        """Rebuild a student saved by :meth:`save_pretrained` (strict key check). Called on
-        :class:`Student` it picks the family from the config."""
+        """Rebuild a student saved by :meth:`save_pretrained` (strict key check), in ``dtype``
+        (default fp32). Called on :class:`Student` it picks the family from the config."""
         path = Path(path)
         cfg = read_model_config(path, StudentConfig, "student")
         target = Student._registry[cfg.family] if cls is Student else cls
@@ -329,16 +332,20 @@ class Student(nn.Module):
             )
         model = target(cfg)
         load_model_weights(model, path, f"{cfg.family} student", device=device or "cpu")
-        return model.to(device or "cpu")
+        return model.to(device=device or "cpu", dtype=dtype or torch.float32)
 
 
-def load_student(path: str | os.PathLike, device: str | torch.device | None = None) -> Student:
+def load_student(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Student:
     """Load a student folder of either family."""
     # importing the subclasses registers them
     import student.categorical  # noqa: F401
     import student.gaussian  # noqa: F401
 
-    return Student.from_pretrained(path, device=device)
+    return Student.from_pretrained(path, device=device, dtype=dtype)
 
 
 __all__ = [

@@ -7,6 +7,8 @@ model loads. Half precision computes layer norms, the softmax and the logits in 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from teacher.config import ConfigError
@@ -46,4 +48,17 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
-__all__ = ["DTYPES", "resolve_device", "resolve_dtype"]
+def add_device_args(parser: Any) -> None:
+    """``--device`` (default ``auto``) and ``--dtype`` (default ``float32``) of a command."""
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else cpu), cpu, cuda, cuda:1 ..."
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="the priors' and students' precision (layer norms, softmax, logits stay fp32)",
+    )
+
+
+__all__ = ["DTYPES", "add_device_args", "resolve_device", "resolve_dtype"]

@@ -48,6 +48,7 @@ from teacher.config import ConfigError
 from teacher.console import progress_bar
 from teacher.data.audio import load_audio
 from teacher.data.labels import VOCAB_FILE, Vocab
+from teacher.device import resolve_device, resolve_dtype
 from teacher.generate.labels import WindowLabel, check_timing, resolve_names
 from teacher.generate.result import GenerationResult
 from teacher.generate.sampler import ExactSampler, LevelSampler
@@ -135,15 +136,20 @@ class Jukebox:
 
     @classmethod
     def from_pretrained(
-        cls, teacher_dir: str | os.PathLike, device: str | torch.device | None = None
+        cls,
+        teacher_dir: str | os.PathLike,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = None,
     ) -> Jukebox:
-        """Load ``teacher_dir/{vqvae,top,middle,bottom}`` (missing prior folders are skipped).
+        """Load ``teacher_dir/{vqvae,top,middle,bottom}`` (missing prior folders are skipped)
+        on ``device`` (``"auto"``: CUDA when present, else the CPU), the priors in ``dtype``
+        (``"float32"`` by default, ``"bfloat16"``, ``"float16"``; the VQ-VAE stays fp32).
 
         A damaged part is one :class:`~teacher.io.ModelFolderError` naming its folder; parts
         that do not belong together (levels, geometry) one naming the teacher folder.
         """
         root = Path(teacher_dir)
-        device = torch.device(device or "cpu")
+        device, dtype = resolve_device(device), resolve_dtype(dtype)
         if not (root / VQVAE_DIR).is_dir():
             raise FileNotFoundError(f"{root / VQVAE_DIR} not found: is {root} a teacher folder?")
         vqvae = VQVAE.from_pretrained(root / VQVAE_DIR, device=device)
@@ -152,7 +158,7 @@ class Jukebox:
             folder = root / level_name(level, vqvae.levels)
             if not folder.is_dir():
                 continue
-            priors[level] = Prior.from_pretrained(folder, device=device)
+            priors[level] = Prior.from_pretrained(folder, device=device, dtype=dtype)
             if (folder / VOCAB_FILE).is_file():
                 vocabs[level] = Vocab.load(str(folder))
         if not priors:

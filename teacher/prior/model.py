@@ -405,8 +405,14 @@ class Prior(nn.Module):
             save_tensors(self.state_dict(), tmp / WEIGHTS_FILE)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Prior:
-        """Rebuild a prior saved by :meth:`save_pretrained` (strict key check)."""
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> Prior:
+        """Rebuild a prior saved by :meth:`save_pretrained` (strict key check), its floating
+        tensors cast to ``dtype`` (default fp32) whatever dtypes the folder stores."""
         path = Path(path)
         cfg = read_model_config(path, PriorConfig, "prior")
         # build on the meta device and adopt the loaded tensors: a 5B prior is neither
@@ -420,8 +426,8 @@ class Prior(nn.Module):
         left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if left:
             raise RuntimeError(f"{path}: tensors not restored from the checkpoint: {left[:5]}")
-        # weights stored in half precision (or mixed) are computed in fp32
-        return model.to(device=device, dtype=torch.float32)
+        # weights stored in half precision (or mixed) are cast to one dtype
+        return model.to(device=device, dtype=dtype or torch.float32)
 
 
 def _bits(logits: Tensor, targets: Tensor) -> Tensor:

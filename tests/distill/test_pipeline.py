@@ -322,3 +322,29 @@ def test_students_load_from_distill_exports_and_per_level_folders(teacher_dir, t
     jb = Jukebox.from_pretrained(teacher_dir)
     with pytest.raises(ConfigError, match="distilled for level 0"):
         FastJukebox(jb, {"middle": fj.students[0]})
+
+
+def test_students_sample_long_levels_in_memory_bounded_chunks(teacher_dir, monkeypatch):
+    """Without a chunk size a student draws at most what fits the memory budget per call
+    (3 · B · chunk · l_bins fp32 values): a tiny budget gives several calls and the same
+    kind of output as an explicit chunk size of that many codes."""
+    import distill.pipeline as pipeline
+
+    assert pipeline.auto_chunk(1, 2048, 4, budget=256 << 20) == 10920
+    assert pipeline.auto_chunk(16, 2048, 4, budget=256 << 20) == 680
+    assert pipeline.auto_chunk(64, 2048, 4, budget=1) == 4  # at least one upper code
+    fj = FastJukebox.from_pretrained(teacher_dir, device="cpu")
+    student = fj.students[0]
+    cfg = student.cfg
+    upper = torch.randint(0, cfg.l_bins, (1, 64))
+    labels = torch.tensor([[8000, 0, 256, 1, 1, -1]])
+    empty = torch.zeros(1, 0, dtype=torch.long)
+    monkeypatch.setattr(pipeline, "STUDENT_MEMORY_BYTES", 3 * 4 * cfg.l_bins * 40)  # 40 codes
+    auto = StudentSampler(student)
+    g = torch.Generator().manual_seed(0)
+    out = auto.sample_window(256, empty, labels, upper, generator=g)
+    assert out.shape == (1, 256) and auto.passes == cfg.n_stages * 7  # ceil(256 / 40) chunks
+    explicit = StudentSampler(student, chunk_size=40)
+    g = torch.Generator().manual_seed(0)
+    again = explicit.sample_window(256, empty, labels, upper, generator=g)
+    assert torch.equal(out, again)

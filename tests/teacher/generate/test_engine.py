@@ -230,3 +230,25 @@ def test_cuda_graph_sampling_equals_eager():
             engine.set_noise(noise, 0.9)
             outs.append(torch.stack([engine.sample_step().clone() for _ in range(32)]))
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_a_checkpoint_of_mixed_dtypes_loads_and_samples_in_every_dtype(tmp_path, dtype):
+    """Half of the tensors stored in fp16 (as in OpenAI's 5b priors): the folder loads with
+    every tensor cast to the requested dtype, and samples."""
+    from teacher.device import resolve_dtype
+    from teacher.io import load_tensors, save_tensors
+
+    prior = _random_prior(tiny_top_prior("single"))
+    prior.save_pretrained(tmp_path / "p")
+    state = load_tensors(tmp_path / "p" / "model.safetensors")
+    mixed = {k: v.half() if i % 2 else v for i, (k, v) in enumerate(sorted(state.items()))}
+    assert {v.dtype for v in mixed.values()} == {torch.float32, torch.float16}
+    save_tensors(mixed, tmp_path / "p" / "model.safetensors")
+    loaded = Prior.from_pretrained(tmp_path / "p", dtype=resolve_dtype(dtype)).eval()
+    assert {p.dtype for p in loaded.parameters()} == {resolve_dtype(dtype)}
+    _, labels, _ = _inputs(loaded)
+    with torch.no_grad():
+        cond = loaded.condition(labels, None)
+        codes = sample_window(loaded, B, cond, 24, generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (B, 24) and bool(((codes >= 0) & (codes < loaded.cfg.l_bins)).all())
