@@ -5,25 +5,44 @@ The cost of sampling Jukebox is the autoregressive step, repeated ~414,000 times
 can be captured once as a CUDA graph and replayed per token (launch overhead paid once), or
 compiled once (``torch.compile(fullgraph=True, dynamic=False)``):
 
-* the KV cache is preallocated per (batch, window) with the layouts of
-  :mod:`teacher.prior.attention` (each layer keeps only what its kind reads);
-* the position is a device tensor (``pos``), advanced in place; cache writes are
-  ``index_copy_`` at positions computed from it, and every layer attends over its whole fixed
-  buffer with a mask computed from it (once per step, shared by the layers of a kind), so no
-  tensor changes shape from one token to the next and nothing syncs with the host;
+* the KV cache is preallocated per (batch, window), in layouts that keep per layer only what
+  its attention kind reads (below);
+* the positions are a device tensor (``pos``, one per row), advanced in place; cache writes
+  scatter at slots computed from them, and every layer attends over its fixed buffer (or the
+  slots it gathers) under a mask computed from them, once per call and shared by the layers of
+  a kind — no tensor changes shape from one token to the next and nothing syncs with the host;
 * the inputs of a step (the previous token, the start embedding, the per-position embeddings
   and conditioning of the window) and its outputs (logits, the drawn code) live in
   preallocated buffers.
 
-:meth:`DecodingEngine.score` is the multi-query step: N new positions against the cache in one
-call (chunked priming, and the verification pass of speculative sampling), split at block
-boundaries (a row layer holds one block); :meth:`DecodingEngine.rewind` forgets positions.
+:meth:`DecodingEngine.score` is the multi-query step: N new positions per row against the cache
+in one call (priming, and the verification pass of speculative sampling); the rows of a batch
+may stand at different positions and :meth:`DecodingEngine.rewind` moves each row's pointer back
+over rejected drafts (stale keys beyond a row's position are masked, never read).
+
+Cache layouts (keys and values in one buffer ``(2, B, H, slots, Dh)``; ``bc = block_ctx``,
+``nb = blocks``; one spare block of slots lets a call run past the window's end, its results
+discarded)::
+
+    DENSE      every position (n_ctx + spare)
+    ROW        a ring of 2 blocks: block n in slots (n mod 2)·bc …
+    COLUMN     (bc, nb + 1): position n·bc + i in slot i·(nb + 1) + n, a column contiguous
+    PREV_ROW   a ring of 3 blocks (a call spanning blocks n, n+1 reads n−1 and n while writing
+               n and n+1)
+    PRIME      the first prime-length keys;  SUMMARY kinds: the block tails;  CROSS: the
+               encoder's keys and values, projected once per window
+
+A call spans at most two blocks (``N <= block_ctx``), so the rings always hold what it reads and
+a rewind within the last call is exact. The prime and summary kinds (single-style lyric tops,
+attn_order 3-5) need every row at the same position.
 
 Precision: the weights may be fp32, bf16 or fp16 (the prior is cast before the engine is made);
 layer norms, the softmax and the logits are computed in fp32 whatever the weights.
 
-Attention kinds: every kind of :mod:`teacher.prior.attention` (dense, row, column,
-previous-row, the summary kinds, prime and cross attention).
+Eager on a CPU (``static=False``, the default off CUDA) a step at one shared position selects
+views at the host position instead of gathering (the same kernels without the index
+arithmetic); the static path (CUDA graphs, compilation, rows at different positions) indexes
+everything by the device positions.
 """
 
 from __future__ import annotations
@@ -37,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from teacher.prior.attention import AttnKind
+from teacher.prior.attention import AttnKind, FactoredAttention
 from teacher.prior.model import Conditioning, Prior
 
 log = logging.getLogger(__name__)
@@ -46,32 +65,39 @@ log = logging.getLogger(__name__)
 START = -1
 #: steps of Gumbel noise drawn at once (the draw order is part of the reproducibility contract)
 NOISE_BLOCK = 64
-#: kinds whose buffers hold one block (or two): a multi-query call stays inside one block
-_BLOCK_KINDS = frozenset(
+#: queries per call of a prior without blocked layers (its spare positions)
+DENSE_SPARE = 64
+_BLOCKED = frozenset(
     {AttnKind.ROW, AttnKind.COLUMN, AttnKind.PREV_ROW, AttnKind.SUMMARY, AttnKind.SUMMARY_SPREAD}
 )
-_SUMMARY_KINDS = frozenset({AttnKind.SUMMARY, AttnKind.SUMMARY_SPREAD})
+_SUMMARY = frozenset({AttnKind.SUMMARY, AttnKind.SUMMARY_SPREAD})
+#: kinds whose cache needs every row at the same position
+_SHARED = frozenset({AttnKind.PRIME, AttnKind.SUMMARY, AttnKind.SUMMARY_SPREAD})
 
 
 @dataclass
 class _Geometry:
-    """Everything the layers derive from the positions of one call, computed once."""
+    """What the layers derive from the positions ``p`` (``LongTensor[B, N]``) of one call."""
 
-    p: Tensor  # (N,) positions
+    p: Tensor
+    n: Tensor | None = None  # block of each position
     i: Tensor | None = None  # offset in the block
-    mask_dense: Tensor | None = None  # (N, n_ctx) key j <= p
-    mask_row: Tensor | None = None  # (N, bc) key j <= i
-    col_write: Tensor | None = None  # (N,) flat (i * nb + n) slot of a COLUMN buffer
-    mask_col: Tensor | None = None  # (N, 1, nb) block m <= n
-    prev_write: Tensor | None = None  # (N,) flat ((n % 2) * bc + i) slot of a ring buffer
-    prev_read: Tensor | None = None  # (1,) ring slot of the previous block
-    prev_gate: Tensor | None = None  # (1,) 0 in the first block (it attends to nothing)
-    prime_write: Tensor | None = None  # (N,) slot, clamped to the last one
-    prime_gate: Tensor | None = None  # (1, 1, 1, N, 1) True where p < P (a real write)
-    mask_prime: Tensor | None = None  # (N, P) key j <= p
-    summary_write: Tensor | None = None  # (N,) slot of a block's tail key (else slot 0)
-    summary_gate: Tensor | None = None  # (1, 1, 1, N, 1) True for tail positions
-    mask_summary: Tensor | None = None  # (N, slots) the slot's key is at or before p
+    dense_mask: Tensor | None = None  # (B, 1, N, S)
+    row_write: Tensor | None = None  # (B, N) ring slot
+    row_mask: Tensor | None = None  # (B, 1, N, 2·bc)
+    col_write: Tensor | None = None  # (B, N)
+    col_read: Tensor | None = None  # (B, N, nb + 1) the query's column
+    col_mask: Tensor | None = None  # (B, 1, N, 1, nb + 1)
+    prev_write: Tensor | None = None  # (B, N)
+    prev_read: Tensor | None = None  # (B, N, bc) the previous block's slots
+    prev_gate: Tensor | None = None  # (B, 1, N, 1) False in the first block
+    shared_p: Tensor | None = None  # (N,) row 0's positions (prime and summary kinds)
+    prime_write: Tensor | None = None
+    prime_gate: Tensor | None = None
+    prime_mask: Tensor | None = None
+    summary_write: Tensor | None = None
+    summary_gate: Tensor | None = None
+    summary_mask: Tensor | None = None
 
 
 class DecodingEngine:
@@ -79,14 +105,14 @@ class DecodingEngine:
 
     >>> engine = DecodingEngine(prior.eval(), batch_size=1)          # doctest: +SKIP
     >>> engine.begin(prior.condition(labels, upper), forced)         # doctest: +SKIP
-    >>> logits = engine.step()   # (B, l_bins) fp32 of position engine.position; then set_token
+    >>> logits = engine.step()   # (B, l_bins) fp32 of the next position; then set_token(...)
 
     Args:
         prior: an eval-mode prior, already in the dtype and on the device to run in.
         batch_size: B, fixed for the engine's life.
         cuda_graph: capture :meth:`sample_step` as a CUDA graph (default: when on CUDA).
-        static: index everything by the device position (default: with a CUDA graph); the eager
-            alternative selects views at the host position (faster on a CPU).
+        static: index everything by the device positions (default: with a CUDA graph); the
+            eager alternative selects views at the host position (faster on a CPU).
     """
 
     def __init__(
@@ -101,13 +127,13 @@ class DecodingEngine:
         cfg = prior.cfg
         core = prior.prior
         tr = core.transformer
-        kinds = set(tr.cfg.kinds)
+        tcfg = tr.cfg
         self.cfg, self.core, self.transformer = cfg, core, tr  # not the prior: engine_for's key
         self.batch_size = b = int(batch_size)
         weight = core.x_emb.weight
         self.device, self.dtype = weight.device, weight.dtype
         dev, dt = self.device, self.dtype
-        tcfg = tr.cfg
+        self.kinds = kinds = set(tcfg.kinds)
         self.n_ctx = tcfg.n_ctx  # transformer positions (lyrics + music for single style)
         self.n_lyrics = cfg.n_tokens if cfg.single_sequence else 0
         self.shift = cfg.vocab_offset
@@ -116,24 +142,34 @@ class DecodingEngine:
         self.bc = tcfg.block_ctx or 0
         self.nb = tcfg.blocks or 0
         self.prime = tcfg.prime_keys or 0
-        self.cache = tr.new_cache(b, dev, dt)
-        self.layers = list(zip(tr._attn_mods, self.cache.layers))
-        self._kinds = kinds
-        # fp32 copies of the layer-norm parameters and the music rows of the output head
-        self._ln = [
-            tuple(
-                p.detach().float()
-                for p in (blk.ln_0.weight, blk.ln_0.bias, blk.ln_1.weight, blk.ln_1.bias)
+        blocked = bool(kinds & _BLOCKED)
+        self.max_queries = self.bc if blocked else DENSE_SPARE
+        self.slots = self.n_ctx + self.max_queries  # positions the buffers can address
+        self.spread = 0
+        self.layers = []
+        for block in tr._attn_mods:
+            attn = block.attn
+            if attn.kind in _SUMMARY:
+                self.spread = attn.spread
+                self._slot_pos = attn.summary_positions(self.nb * self.spread, dev)
+            kv = torch.zeros(
+                2, b, attn.heads, self._layout(attn), attn.head_dim, dtype=dt, device=dev
             )
-            for blk in tr._attn_mods
-        ]
+            lns = tuple(
+                p.detach().float()
+                for p in (block.ln_0.weight, block.ln_0.bias, block.ln_1.weight, block.ln_1.bias)
+            )
+            self.layers.append((block, kv, lns))
         self.head_t = core.x_out.weight[self.shift :].detach().float().t().contiguous()
         self.emb = weight
         # static inputs and outputs
-        self.pos = torch.zeros((), dtype=torch.long, device=dev)  # the next position
+        self.pos = torch.zeros(b, dtype=torch.long, device=dev)  # each row's next position
         self.prev = torch.zeros(b, dtype=torch.long, device=dev)  # its input token (joint vocab)
         self.start = torch.zeros(b, self.width, dtype=dt, device=dev)
-        self.add = torch.zeros(self.n_ctx, b, self.width, dtype=dt, device=dev)
+        pos_emb = torch.zeros(self.slots, 1, self.width, dtype=dt, device=dev)
+        pos_emb[: self.n_ctx, 0] = core.pos_emb().detach().to(dt)
+        self._pos_emb = pos_emb
+        self.add = torch.zeros(self.slots, b, self.width, dtype=dt, device=dev)
         # the conditioning is added again after the stack unless the decoder is merged
         self.out_add = torch.zeros_like(self.add) if core.add_cond_after_transformer else None
         self.logits = torch.zeros(b, self.l_bins, dtype=torch.float32, device=dev)
@@ -142,82 +178,79 @@ class DecodingEngine:
         self.noise = torch.zeros(NOISE_BLOCK, b, self.l_bins, dtype=torch.float32, device=dev)
         self.noise_row = torch.zeros((), dtype=torch.long, device=dev)
         self.temperature = torch.ones((), dtype=torch.float32, device=dev)
-        self.position_int = 0  # host mirror of pos (never read back from the device)
-        # index ranges the masks compare against
-        self._ar_ctx = torch.arange(self.n_ctx, device=dev)
-        self._ar_bc = torch.arange(self.bc, device=dev) if self.bc else None
-        self._ar_nb = torch.arange(self.nb, device=dev) if self.nb else None
-        self._ar_prime = torch.arange(self.prime, device=dev) if self.prime else None
-        self.spread = 0
-        if kinds & _SUMMARY_KINDS:  # one attn layer of the kind knows its spread and slots
-            attn = next(blk.attn for blk in tr._attn_mods if blk.attn.kind in _SUMMARY_KINDS)
-            self.spread = attn.spread
-            self._slot_pos = attn.summary_positions(self.nb * self.spread, dev)
+        self._rows = torch.arange(b, device=dev)
+        self.shared: int | None = 0  # the position every row stands at (None: rows differ)
         self.cuda_graph = (dev.type == "cuda") if cuda_graph is None else bool(cuda_graph)
         self.static = self.cuda_graph if static is None else bool(static) or self.cuda_graph
         self._graph: torch.cuda.CUDAGraph | None = None
         self._step_fn: Callable[[], Tensor] = self._step
+        self.calls = 0  # multi-query calls (priming and verification)
+
+    def _layout(self, attn: FactoredAttention) -> int:
+        """Key slots of a layer's buffer (module docs)."""
+        kind, bc = attn.kind, self.bc
+        return {
+            AttnKind.DENSE: self.slots,
+            AttnKind.ROW: 2 * bc,
+            AttnKind.COLUMN: bc * (self.nb + 1),
+            AttnKind.PREV_ROW: 3 * bc,
+            AttnKind.PRIME: self.prime,
+            AttnKind.CROSS: attn.encoder_dims or 0,
+        }.get(kind, self.nb * attn.spread)  # the summary kinds
 
     # -- per window -----------------------------------------------------------------------------
 
     def begin(
         self, cond: Conditioning, forced: Tensor | None = None, chunk_size: int | None = None
     ) -> None:
-        """Start a window: copy its conditioning into the static buffers, reset the cache and
-        prime the ``forced`` tokens (``LongTensor[B, F]`` in the joint vocabulary: the lyric
-        window, then prefix codes + ``vocab_offset``) with multi-query steps of at most
-        ``chunk_size`` positions; the next step is then position ``F``."""
+        """Start a window: copy its conditioning into the static buffers, put every row at
+        position 0 and prime the ``forced`` tokens (``LongTensor[B, F]`` in the joint
+        vocabulary: the lyric window, then prefix codes + ``vocab_offset``) with multi-query
+        calls of at most ``chunk_size`` positions; every row then stands at position ``F``."""
         b, core = self.batch_size, self.core
         cond = cond.expand(b)
-        total = self.n_ctx
-        add = core.pos_emb()[:total].unsqueeze(1).to(self.dtype)  # (S, 1, D)
-        self.add.copy_(add.expand(total, b, self.width))
+        self.add.copy_(self._pos_emb.expand(-1, b, -1))
         if self.out_add is not None:
             self.out_add.zero_()
         if cond.x_cond is not None:
-            xc = cond.x_cond[:, :total].to(self.dtype).transpose(0, 1)  # (S_c, B, D)
+            xc = cond.x_cond[:, : self.n_ctx].to(self.dtype).transpose(0, 1)  # (S_c, B, D)
             self.add[: xc.shape[0]] += xc
             if self.out_add is not None:
                 self.out_add[: xc.shape[0]] = xc
         self.start.copy_(core.start_embedding(cond.start, b)[:, 0].to(self.dtype))
-        self.cache.reset()
-        for block, layer in self.layers:
-            if layer.kind == AttnKind.CROSS:
-                block.attn._fill_cross(layer, cond.encoder_kv, self.start.unsqueeze(1))
-        self._set_position(0)
+        for block, kv, _ in self.layers:
+            if block.attn.kind == AttnKind.CROSS:
+                k, v = block.attn.encoder_keys_values(cond.encoder_kv, self.start[:, None])
+                kv[0].copy_(k)
+                kv[1].copy_(v)
+        self.rewind(0)
         if forced is not None and forced.shape[1]:
-            f = forced.shape[1]
             inputs = torch.cat([forced.new_full((b, 1), START), forced[:, :-1]], dim=1)
             self.score(inputs, chunk_size=chunk_size, logits=False)
             self.prev.copy_(forced[:, -1])
-        else:
-            f = 0
-        log.debug("engine: window primed with %d positions", f)
 
-    # -- one position -----------------------------------------------------------------------------
+    # -- one position (every row at the same one) ------------------------------------------------
 
     def step(self) -> Tensor:
-        """Logits ``Tensor[B, l_bins]`` (fp32, the static :attr:`logits` buffer) of position
-        :attr:`position`, whose input token is :attr:`prev`; the position advances by one."""
+        """Logits ``Tensor[B, l_bins]`` (fp32, the static :attr:`logits` buffer) of the next
+        position, whose input token is :attr:`prev`; every row advances by one."""
         out = self._step_fn()
-        self.position_int += 1
+        if self.shared is not None:
+            self.shared += 1
         return out
 
     def _step(self) -> Tensor:
-        """One position. Static (CUDA graph, compiled): everything indexed by the device
-        tensor :attr:`pos`. Eager (the CPU default): the host position selects views instead of
-        gathering (the same kernels without the index arithmetic; layers take the lean
-        :meth:`~teacher.prior.attention.FactoredAttention.step`)."""
         b = self.batch_size
-        if self.static:
-            first = self.pos == 0
+        if self.static or self.shared is None:
+            p = self.pos[:, None]
+            first = (self.pos == 0)[:, None]
             x = torch.where(first, self.start, F.embedding(self.prev.clamp(min=0), self.emb))
-            x = x + self.add.index_select(0, self.pos.view(1)).view(b, self.width)
-            x = self._blocks(x, self._geometry(self.pos.view(1)), b, 1)
+            x = x + self.add[self.pos, self._rows]
+            x = self._blocks(x, self._geometry(p), b, 1)
             if self.out_add is not None:
-                x = x + self.out_add.index_select(0, self.pos.view(1)).view(b, self.width)
+                x = x + self.out_add[self.pos, self._rows]
         else:
-            p = self.position_int
+            p = self.shared
             x = self.start if p == 0 else F.embedding(self.prev, self.emb)
             x = self._blocks(x + self.add[p], p, b, 1)
             if self.out_add is not None:
@@ -228,17 +261,17 @@ class DecodingEngine:
 
     def sample_step(self) -> Tensor:
         """One drawn code per row, ``LongTensor[B]`` (the static :attr:`token` buffer): the
-        step's logits divided by :attr:`temperature` plus row :attr:`noise_row` of the Gumbel
-        noise block :attr:`noise` (:meth:`set_noise`), argmax (a draw from the softmax); the
-        code becomes the next position's input. On CUDA the whole of it replays as one graph."""
+        step's logits plus :attr:`temperature` times row :attr:`noise_row` of the Gumbel
+        noise block (:meth:`set_noise`), argmax (a draw from the softmax at that temperature);
+        the code becomes the next position's input. On CUDA it replays as one graph."""
         if self.cuda_graph:
             if self._graph is None:
                 self._capture()
             self._graph.replay()
-            self.position_int += 1
-            return self.token
-        self._sample_body()
-        self.position_int += 1
+        else:
+            self._sample_body()
+        if self.shared is not None:
+            self.shared += 1
         return self.token
 
     def _sample_body(self) -> None:
@@ -263,8 +296,8 @@ class DecodingEngine:
     def _capture(self) -> None:
         """Capture :meth:`_sample_body` as a CUDA graph (after warm-up runs on a side stream
         that leave the state as it was)."""
-        saved = [t.clone() for t in (self.pos, self.prev, self.token, self.noise_row)]
-        kv = [layer.kv.clone() for _, layer in self.layers]
+        state = [self.pos, self.prev, self.token, self.noise_row] + [kv for _, kv, _ in self.layers]
+        saved = [t.clone() for t in state]
         stream = torch.cuda.Stream(device=self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
@@ -274,10 +307,8 @@ class DecodingEngine:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._sample_body()
-        for t, s in zip((self.pos, self.prev, self.token, self.noise_row), saved):
+        for t, s in zip(state, saved):
             t.copy_(s)
-        for (_, layer), s in zip(self.layers, kv):
-            layer.kv.copy_(s)
         self._graph = graph
 
     # -- many positions ---------------------------------------------------------------------------
@@ -285,134 +316,144 @@ class DecodingEngine:
     def score(
         self, inputs: Tensor, chunk_size: int | None = None, logits: bool = True
     ) -> Tensor | None:
-        """The multi-query step: positions :attr:`position` … + N − 1 whose input tokens are
-        ``inputs`` (``LongTensor[B, N]``, joint vocabulary; :data:`START` for position 0) in one
-        call per segment (segments end at block boundaries, at the prime length and every
-        ``chunk_size`` positions) -> their logits ``Tensor[B, N, l_bins]`` fp32 (None with
-        ``logits=False``). The cache holds their keys and values afterwards; :attr:`prev` is
-        left alone (set it, or :meth:`set_token`, before the next :meth:`step`)."""
+        """The multi-query step: each row's next N positions (from :attr:`pos`), whose input
+        tokens are ``inputs`` (``LongTensor[B, N]``, joint vocabulary; :data:`START` for position
+        0), in one call per at most ``block_ctx`` (and ``chunk_size``) positions -> their logits
+        ``Tensor[B, N, l_bins]`` fp32 (None with ``logits=False``). The cache holds their keys
+        and values afterwards and every row advances by N; :attr:`prev` is left alone. Rows may
+        stand at different positions unless the prior has prime or summary layers."""
         b, n = inputs.shape
         if b != self.batch_size:
             raise ValueError(f"batch {b} != the engine's {self.batch_size}")
-        p0 = self.position_int
-        if p0 + n > self.n_ctx:
-            raise ValueError(f"positions {p0}..{p0 + n - 1} exceed n_ctx {self.n_ctx}")
+        if self.shared is None and self.kinds & _SHARED:
+            raise ValueError("prime and summary layers need every row at the same position")
+        if self.shared is not None and self.shared + n > self.n_ctx:
+            raise ValueError(
+                f"positions {self.shared}..{self.shared + n - 1} exceed n_ctx {self.n_ctx}"
+            )
         outs = []
         lo = 0
         while lo < n:
-            hi = self._segment_end(p0 + lo, p0 + n, chunk_size) - p0
-            x = self._inputs(inputs[:, lo:hi], p0 + lo)
-            positions = torch.arange(p0 + lo, p0 + hi, device=self.device)
-            x = self._blocks(
-                x.reshape(b * (hi - lo), self.width), self._geometry(positions), b, hi - lo
+            hi = min(n, lo + self._segment(lo, chunk_size))
+            p = self.pos[:, None] + torch.arange(hi - lo, device=self.device)
+            x = torch.where(
+                inputs[:, lo:hi, None] == START,
+                self.start[:, None],
+                F.embedding(inputs[:, lo:hi].clamp(min=0), self.emb),
             )
+            x = x + self.add[p, self._rows[:, None]]
+            x = self._blocks(x.reshape(b * (hi - lo), self.width), self._geometry(p), b, hi - lo)
             x = x.view(b, hi - lo, self.width)
             if logits:
                 if self.out_add is not None:
-                    x = x + self.out_add[p0 + lo : p0 + hi].transpose(0, 1)
+                    x = x + self.out_add[p, self._rows[:, None]]
                 outs.append(torch.matmul(x.float(), self.head_t))
+            self.pos.add_(hi - lo)
+            if self.shared is not None:
+                self.shared += hi - lo
+            self.calls += 1
             lo = hi
-        self._set_position(p0 + n)
         return torch.cat(outs, dim=1) if logits else None
 
-    def _segment_end(self, p: int, end: int, chunk_size: int | None) -> int:
-        """Where the segment starting at ``p`` ends: inside one block for the kinds that keep
-        one, and on one side of the prime length and of a block's summary tail, so that a
-        segment's writes all go to distinct slots (or none)."""
-        e = end
-        if self.bc and self._kinds & _BLOCK_KINDS:
-            e = min(e, (p // self.bc + 1) * self.bc)
-        if self.spread:
-            tail = p // self.bc * self.bc + self.bc - self.spread
-            if p < tail:
-                e = min(e, tail)
-        if self.prime and p < self.prime:
-            e = min(e, self.prime)
-        if chunk_size:
-            e = min(e, p + chunk_size)
-        return e
+    def _segment(self, lo: int, chunk_size: int | None) -> int:
+        """Positions of the next call: at most ``max_queries`` and ``chunk_size``; with the
+        rows together, within one side of the prime length and of a block's summary tail (a
+        call's writes to those kinds then go to distinct slots, or none)."""
+        n = min(self.max_queries, chunk_size or self.max_queries)
+        if self.shared is not None:
+            p = self.shared
+            if self.prime and p < self.prime:
+                n = min(n, self.prime - p)
+            if self.spread:
+                tail = p // self.bc * self.bc + self.bc - self.spread
+                n = min(n, tail - p) if p < tail else min(n, (p // self.bc + 1) * self.bc - p)
+        return max(1, n)
 
-    def _inputs(self, tokens: Tensor, p0: int) -> Tensor:
-        """``Tensor[B, N, D]``: embeddings of the input tokens (start at position 0) plus the
-        per-position embeddings and conditioning of positions ``p0`` … ``p0 + N − 1``."""
-        n = tokens.shape[1]
-        x = F.embedding(tokens.clamp(min=0), self.emb)
-        if p0 == 0:
-            x = torch.cat([self.start.unsqueeze(1), x[:, 1:]], dim=1)
-        return x + self.add[p0 : p0 + n].transpose(0, 1)
-
-    # -- rewinding ---------------------------------------------------------------------------------
+    # -- positions -------------------------------------------------------------------------------
 
     @property
     def position(self) -> int:
-        """The next position (host copy; the device tensor is :attr:`pos`)."""
-        return self.position_int
+        """The next position of every row (an error when the rows stand apart)."""
+        if self.shared is None:
+            raise ValueError("the rows stand at different positions: read .pos")
+        return self.shared
 
-    def can_rewind(self, position: int) -> bool:
-        """Whether :meth:`rewind` to ``position`` restores the exact state (row and
-        previous-row layers hold one or two blocks: see :meth:`KVCache.can_rewind`)."""
-        self.cache.position = self.position_int
-        return self.cache.can_rewind(position)
+    def can_rewind(self, position: int, current: int | None = None) -> bool:
+        """Whether a row whose next position is ``current`` (default :attr:`position`) can go
+        back to ``position`` exactly: the ring layouts hold the last two blocks."""
+        cur = self.position if current is None else current
+        if not 0 <= position <= cur:
+            return False
+        if not self.bc or position == cur:
+            return True
+        return position // self.bc >= (cur - 1) // self.bc - 1
 
-    def rewind(self, position: int, token: Tensor | None = None) -> None:
-        """Forget positions ``>= position`` (rejected drafts: a pointer moves, nothing is
-        copied); ``token`` (music codes ``LongTensor[B]``) becomes the input of ``position``."""
-        self.cache.position = self.position_int
-        self.cache.rewind(position)
-        self._set_position(position)
+    def rewind(self, position: int | Tensor, token: Tensor | None = None) -> None:
+        """Put the rows at ``position`` (an int for all, or ``LongTensor[B]`` one per row):
+        positions from there on are forgotten (their keys are masked until written again; a
+        pointer moves, nothing is copied). ``token`` (music codes ``LongTensor[B]``) becomes the
+        input of that position. Only targets within the last call are exact (:meth:`can_rewind`)."""
+        if isinstance(position, int):
+            self.pos.fill_(position)
+            self.shared = position
+        else:
+            self.pos.copy_(position)
+            self.shared = None
         if token is not None:
             self.set_token(token)
-
-    def _set_position(self, position: int) -> None:
-        self.position_int = int(position)
-        self.cache.position = self.position_int
-        self.pos.fill_(self.position_int)
 
     # -- the layers --------------------------------------------------------------------------------
 
     def _geometry(self, p: Tensor) -> _Geometry:
-        """Positions ``p`` (``LongTensor[N]``, one block segment) -> what the layers need."""
-        kinds = self._kinds
-        geo = _Geometry(p=p)
-        pc = p[:, None]
+        """Positions ``p`` (``LongTensor[B, N]``) -> what the layers need, once per call."""
+        kinds, bc, geo = self.kinds, self.bc, _Geometry(p=p)
+        dev = p.device
         if AttnKind.DENSE in kinds:
-            geo.mask_dense = self._ar_ctx[None] <= pc
-        if kinds & {AttnKind.ROW, AttnKind.COLUMN, AttnKind.PREV_ROW}:
-            bc = self.bc
-            n, i = torch.div(p, bc, rounding_mode="floor"), p % bc
-            geo.i = i
+            ar = torch.arange(self.slots, device=dev)
+            geo.dense_mask = (ar <= p[..., None]).unsqueeze(1)
+        if kinds & _BLOCKED:
+            geo.n, geo.i = torch.div(p, bc, rounding_mode="floor"), p % bc
+            n, i = geo.n, geo.i
             if AttnKind.ROW in kinds:
-                geo.mask_row = self._ar_bc[None] <= i[:, None]
+                geo.row_write = (n % 2) * bc + i
+                ar = torch.arange(2 * bc, device=dev)
+                same = (ar // bc) == (n % 2)[..., None]
+                geo.row_mask = (same & ((ar % bc) <= i[..., None])).unsqueeze(1)
             if AttnKind.COLUMN in kinds:
-                geo.col_write = i * self.nb + n
-                geo.mask_col = (self._ar_nb[None] <= n[:, None]).unsqueeze(1)
+                nbs = self.nb + 1
+                geo.col_write = i * nbs + n
+                ar = torch.arange(nbs, device=dev)
+                geo.col_read = (i * nbs)[..., None] + ar
+                geo.col_mask = (ar <= n[..., None]).unsqueeze(1).unsqueeze(3)
             if AttnKind.PREV_ROW in kinds:
-                geo.prev_write = (n % 2) * bc + i
-                geo.prev_read = (n[:1] - 1) % 2
-                geo.prev_gate = n[:1] > 0
-        if AttnKind.PRIME in kinds:
-            geo.prime_write = p.clamp(max=self.prime - 1)
-            geo.prime_gate = (p < self.prime).view(1, 1, 1, -1, 1)
-            geo.mask_prime = self._ar_prime[None] <= pc
-        if kinds & _SUMMARY_KINDS:  # slot n+1 takes the tail of block n (module attention)
-            s, bc = self.spread, self.bc
-            n, i = torch.div(p, bc, rounding_mode="floor"), p % bc
-            gate = (i >= bc - s) & (n + 1 < self.nb)
-            geo.summary_write = torch.where(gate, (n + 1) * s + i - (bc - s), 0)
-            geo.summary_gate = gate.view(1, 1, 1, -1, 1)
-            geo.mask_summary = self._slot_pos[None] <= pc
+                geo.prev_write = (n % 3) * bc + i
+                geo.prev_read = (((n - 1) % 3) * bc)[..., None] + torch.arange(bc, device=dev)
+                geo.prev_gate = (n > 0).unsqueeze(1).unsqueeze(-1)
+        if kinds & _SHARED:
+            sp = geo.shared_p = p[0]
+            if AttnKind.PRIME in kinds:
+                geo.prime_write = sp.clamp(max=self.prime - 1)
+                geo.prime_gate = (sp < self.prime).view(1, 1, 1, -1, 1)
+                geo.prime_mask = torch.arange(self.prime, device=dev) <= sp[:, None]
+            if kinds & _SUMMARY:
+                s = self.spread
+                n, i = torch.div(sp, bc, rounding_mode="floor"), sp % bc
+                gate = (i >= bc - s) & (n + 1 < self.nb)
+                geo.summary_write = torch.where(gate, (n + 1) * s + i - (bc - s), 0)
+                geo.summary_gate = gate.view(1, 1, 1, -1, 1)
+                geo.summary_mask = self._slot_pos <= sp[:, None]
         return geo
 
     def _blocks(self, x: Tensor, geo: _Geometry | int, b: int, n: int) -> Tensor:
         """The transformer on ``x`` ``Tensor[B·N, D]`` at the positions of ``geo`` (or, one
-        eager position, at the host position ``geo``)."""
-        for (block, layer), (w0, b0, w1, b1) in zip(self.layers, self._ln):
+        eager position shared by the rows, at the host position ``geo``)."""
+        for block, kv, (w0, b0, w1, b1) in self.layers:
             attn, mlp = block.attn, block.mlp
             h = self._norm(x, w0, b0, block.ln_0.eps)
             if isinstance(geo, int):
-                a = attn.step(h, None, layer, geo)
+                a = self._attention_at(attn, kv, h, geo, b)
             else:
-                a = self._attention(attn, layer, h, geo, b, n)
+                a = self._attention(attn, kv, h, geo, b, n)
             a = torch.addmm(attn.c_proj.b, a, attn.c_proj.w)
             xa = x + a
             h = torch.addmm(mlp.c_fc.b, self._norm(xa, w1, b1, block.ln_1.eps), mlp.c_fc.w)
@@ -420,13 +461,15 @@ class DecodingEngine:
             x = xa + m if block.res_scale == 1.0 else x + block.res_scale * (a + m)
         return x
 
-    def _norm(self, x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
+    @staticmethod
+    def _norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
         """Layer norm in fp32 (the weights' dtype in and out)."""
         if x.dtype == torch.float32:
             return F.layer_norm(x, (x.shape[-1],), w, b, eps)
         return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(x.dtype)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    @staticmethod
+    def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
         """Softmax attention ``(..., Nq, Dh) x (..., Nk, Dh)``; ``mask`` True = attend. The
         softmax is fp32: SDPA for fp32 weights, the explicit product for half precision."""
         if q.dtype == torch.float32:
@@ -436,48 +479,99 @@ class DecodingEngine:
             w = w.masked_fill(~mask, float("-inf"))
         return torch.matmul(w.softmax(dim=-1).to(v.dtype), v)
 
-    def _attention(self, attn, layer, x: Tensor, geo: _Geometry, b: int, n: int) -> Tensor:
+    @staticmethod
+    def _write(kv: Tensor, slots: Tensor, new: Tensor) -> None:
+        """``kv[:, b, :, slots[b, j]] = new[:, b, :, j]``: ``kv (2, B, H, S, Dh)``,
+        ``slots (B, N)``, ``new (2, B, H, N, Dh)``."""
+        idx = slots[None, :, None, :, None].expand(2, -1, kv.shape[2], -1, kv.shape[-1])
+        kv.scatter_(3, idx, new)
+
+    @staticmethod
+    def _read(kv: Tensor, slots: Tensor) -> Tensor:
+        """``(2, B, H, N, K, Dh)``: for every query ``(b, j)`` the keys and values at
+        ``slots[b, j, :]`` (``(B, N, K)``)."""
+        b, n, k = slots.shape
+        idx = slots.reshape(1, b, 1, n * k, 1).expand(2, -1, kv.shape[2], -1, kv.shape[-1])
+        return kv.gather(3, idx).view(2, b, kv.shape[2], n, k, kv.shape[-1])
+
+    def _attention(
+        self, attn: FactoredAttention, kv: Tensor, x: Tensor, geo: _Geometry, b: int, n: int
+    ) -> Tensor:
         """One layer's attention of ``x`` ``Tensor[B·N, D]`` -> ``Tensor[B·N, S]``: write the
-        new keys/values at their slots, attend over the fixed buffer under the mask."""
-        heads, dh = attn.heads, attn.head_dim
-        kind, scale = attn.kind, attn.scale
+        new keys/values at their slots, attend over the buffer (or gathered slots) masked."""
+        heads, dh, kind, scale = attn.heads, attn.head_dim, attn.kind, attn.scale
         if kind == AttnKind.CROSS:
             q = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, heads, dh).transpose(1, 2)
-            a = self._attend(q, layer.k, layer.v, None, scale)
+            a = self._attend(q, kv[0], kv[1], None, scale)
             return a.transpose(1, 2).reshape(b * n, heads * dh)
         qkv = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, 3, heads, dh)
         q = qkv[:, :, 0].transpose(1, 2)  # (B, H, N, Dh)
-        kv = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)  # (2, B, H, N, Dh)
-        buf = layer.kv
+        new = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)  # (2, B, H, N, Dh)
         if kind == AttnKind.DENSE:
-            buf.index_copy_(3, geo.p, kv)
-            a = self._attend(q, layer.k, layer.v, geo.mask_dense, scale)
+            self._write(kv, geo.p, new)
+            a = self._attend(q, kv[0], kv[1], geo.dense_mask, scale)
         elif kind == AttnKind.ROW:
-            buf.index_copy_(3, geo.i, kv)
-            a = self._attend(q, layer.k, layer.v, geo.mask_row, scale)
+            self._write(kv, geo.row_write, new)
+            a = self._attend(q, kv[0], kv[1], geo.row_mask, scale)
         elif kind == AttnKind.COLUMN:
-            flat = buf.view(2, b, heads, self.bc * self.nb, dh)
-            flat.index_copy_(3, geo.col_write, kv)
-            cols = buf.index_select(3, geo.i)  # (2, B, H, N, nb, Dh): each query's column
-            if n == 1:  # one query: a plain (B, H, 1, Dh) x (B, H, nb, Dh) attention
-                a = self._attend(q, cols[0, :, :, 0], cols[1, :, :, 0], geo.mask_col[0], scale)
-            else:
-                a = self._attend(q.unsqueeze(3), cols[0], cols[1], geo.mask_col, scale).squeeze(3)
+            self._write(kv, geo.col_write, new)
+            cols = self._read(kv, geo.col_read)  # (2, B, H, N, nb + 1, Dh)
+            a = self._attend(q.unsqueeze(3), cols[0], cols[1], geo.col_mask, scale).squeeze(3)
         elif kind == AttnKind.PREV_ROW:
-            flat = buf.view(2, b, heads, 2 * self.bc, dh)
-            flat.index_copy_(3, geo.prev_write, kv)
-            prev = buf.index_select(3, geo.prev_read).squeeze(3)  # (2, B, H, bc, Dh)
+            self._write(kv, geo.prev_write, new)
+            prev = self._read(kv, geo.prev_read)  # (2, B, H, N, bc, Dh)
+            a = self._attend(q.unsqueeze(3), prev[0], prev[1], None, scale).squeeze(3)
             # the first block attends to nothing (the reference's zero block): exactly 0
-            a = self._attend(q, prev[0], prev[1], None, scale).masked_fill(~geo.prev_gate, 0.0)
-        elif kind == AttnKind.PRIME:  # past the prime length: the slot's old value written back
-            old = buf.index_select(3, geo.prime_write)
-            buf.index_copy_(3, geo.prime_write, torch.where(geo.prime_gate, kv, old))
-            a = self._attend(q, layer.k, layer.v, geo.mask_prime, scale)
-        else:  # SUMMARY kinds: only a block's tail is written
-            old = buf.index_select(3, geo.summary_write)
-            buf.index_copy_(3, geo.summary_write, torch.where(geo.summary_gate, kv, old))
-            a = self._attend(q, layer.k, layer.v, geo.mask_summary, scale)
+            a = a.masked_fill(~geo.prev_gate, 0.0)
+        else:  # prime and summary kinds, every row at the same positions
+            if kind == AttnKind.PRIME:
+                slots, gate, mask = geo.prime_write, geo.prime_gate, geo.prime_mask
+            else:
+                slots, gate, mask = geo.summary_write, geo.summary_gate, geo.summary_mask
+            old = kv.index_select(3, slots)  # slots not written keep their value
+            kv.index_copy_(3, slots, torch.where(gate, new, old))
+            a = self._attend(q, kv[0], kv[1], mask, scale)
         return a.transpose(1, 2).reshape(b * n, heads * dh)
+
+    def _attention_at(
+        self, attn: FactoredAttention, kv: Tensor, x: Tensor, p: int, b: int
+    ) -> Tensor:
+        """The eager one-position attention (every row at host position ``p``): the same
+        layouts, written and read as views."""
+        heads, dh, kind, scale, bc = attn.heads, attn.head_dim, attn.kind, attn.scale, self.bc
+        if kind == AttnKind.CROSS:
+            q = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, heads, 1, dh)
+            return self._attend(q, kv[0], kv[1], None, scale).reshape(b, heads * dh)
+        qkv = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, 3, heads, dh)
+        q = qkv[:, 0].unsqueeze(2)  # (B, H, 1, Dh)
+        new = qkv[:, 1:].transpose(0, 1)  # (2, B, H, Dh)
+        n, i = divmod(p, bc) if bc else (0, 0)
+        if kind == AttnKind.DENSE:
+            kv.select(3, p).copy_(new)
+            keys = kv.narrow(3, 0, p + 1)
+        elif kind == AttnKind.ROW:
+            s0 = (n % 2) * bc
+            kv.select(3, s0 + i).copy_(new)
+            keys = kv.narrow(3, s0, i + 1)
+        elif kind == AttnKind.COLUMN:
+            nbs = self.nb + 1
+            kv.select(3, i * nbs + n).copy_(new)
+            keys = kv.narrow(3, i * nbs, n + 1)
+        elif kind == AttnKind.PREV_ROW:
+            kv.select(3, (n % 3) * bc + i).copy_(new)
+            if n == 0:  # the reference attends to a zero block: exactly 0
+                return x.new_zeros(b, heads * dh)
+            keys = kv.narrow(3, ((n - 1) % 3) * bc, bc)
+        elif kind == AttnKind.PRIME:
+            if p < self.prime:
+                kv.select(3, p).copy_(new)
+            keys = kv.narrow(3, 0, min(p + 1, self.prime))
+        else:  # summary kinds: slot n+1 takes the tail of block n
+            s, t0 = self.spread, bc - self.spread
+            if i >= t0 and n + 1 < self.nb:
+                kv.select(3, (n + 1) * s + i - t0).copy_(new)
+            keys = kv.narrow(3, 0, min((n + 1) * s + max(0, i - t0 + 1), self.nb * s))
+        return self._attend(q, keys[0], keys[1], None, scale).reshape(b, heads * dh)
 
     # -- compilation ---------------------------------------------------------------------------
 
@@ -509,4 +603,4 @@ def engine_for(prior: Prior, batch_size: int) -> DecodingEngine:
     return engine
 
 
-__all__ = ["NOISE_BLOCK", "START", "DecodingEngine", "engine_for"]
+__all__ = ["DENSE_SPARE", "NOISE_BLOCK", "START", "DecodingEngine", "engine_for"]

@@ -312,7 +312,9 @@ class FactoredAttention(nn.Module):
             )
         return encoder_kv
 
-    def _encoder_kv(self, encoder_kv: Tensor | None, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encoder_keys_values(self, encoder_kv: Tensor | None, x: Tensor) -> tuple[Tensor, Tensor]:
+        """A CROSS layer's keys and values ``(B, H, T_enc, Dh)`` of the encoder states
+        ``encoder_kv (B, T_enc, D)`` (checked), in ``x``'s dtype and for its batch."""
         enc = self._check_encoder(encoder_kv, x.shape[0]).to(x.dtype)
         k, v = self.c_enc_kv(enc).chunk(2, dim=-1)
         return self._split(k), self._split(v)
@@ -349,7 +351,7 @@ class FactoredAttention(nn.Module):
         B, T, _ = x.shape
         kind = self.kind
         if kind == AttnKind.CROSS:
-            k, v = self._encoder_kv(encoder_kv, x)
+            k, v = self.encoder_keys_values(encoder_kv, x)
             return self._merge(self._attend(self._split(self.c_attn(x)), k, v))
         q, k, v = (self._split(t) for t in self.c_attn(x).chunk(3, dim=-1))
         if kind == AttnKind.DENSE:
@@ -446,7 +448,7 @@ class FactoredAttention(nn.Module):
         return self._attend(q, kk, vv).reshape(B, H * Dh)
 
     def _fill_cross(self, c: LayerKV, encoder_kv: Tensor | None, x: Tensor) -> None:
-        k, v = self._encoder_kv(encoder_kv, x)
+        k, v = self.encoder_keys_values(encoder_kv, x)
         c.k.copy_(k)
         c.v.copy_(v)
         c.ready = True

@@ -113,8 +113,8 @@ def test_step_and_multi_query_equal_teacher_forcing(style, static):
 @pytest.mark.parametrize("style", ["single_lyrics_prime", "upsampler", "row_col_prev_dense"])
 def test_rewind_then_rescore_equals_teacher_forcing(style):
     """Speculative sampling's pattern: score up to 4 inputs of which only the first few are
-    right, rewind over the rest (a pointer moves), go on from there: every kept logit equals
-    teacher forcing of the right sequence. Rounds never cross a block (rows keep one)."""
+    right, rewind over the rest (a pointer moves), go on from there, across block boundaries:
+    every kept logit equals teacher forcing of the right sequence."""
     prior = _random_prior(STYLES[style]())
     codes, labels, upper = _inputs(prior)
     shift, t_len = prior.cfg.vocab_offset, codes.shape[1]
@@ -124,13 +124,13 @@ def test_rewind_then_rescore_equals_teacher_forcing(style):
         cond = prior.condition(labels, upper)
         engine = DecodingEngine(prior, B, static=True)
         engine.begin(cond, _forced(prior, cond))
-        p0, bc = engine.position, engine.bc
+        p0 = engine.position
         first = engine.prev[:, None] if prior.cfg.single_sequence else torch.full((B, 1), START)
         right = torch.cat([first, codes[:, :-1] + shift], dim=1)  # inputs of every position
         wrong = (right + 1) % prior.cfg.l_bins + shift
         m, rewinds = 0, 0
         while m < t_len:
-            n = min(4, t_len - m, bc - (p0 + m) % bc)
+            n = min(4, t_len - m)
             keep = min(accepts[m] + 1, n)
             draft = torch.cat([right[:, m : m + keep], wrong[:, m + keep : m + n]], dim=1)
             got = engine.score(draft)
@@ -139,6 +139,39 @@ def test_rewind_then_rescore_equals_teacher_forcing(style):
             engine.rewind(p0 + m + keep)
             m += keep
         assert rewinds > 3
+
+
+@pytest.mark.parametrize("style", ["upsampler", "row_col_prev_dense", "encoder_lyrics_cross"])
+def test_rows_at_different_positions_score_their_own_positions(style):
+    """Every row keeps its own position: rounds of 4 inputs per row, each row keeping a
+    different number of them (its rewind target differs), across blocks: the kept logits of
+    every row equal teacher forcing of that row's sequence."""
+    prior = _random_prior(STYLES[style]())
+    codes, labels, upper = _inputs(prior)
+    t_len = codes.shape[1]
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        ref = prior.logits(codes, labels, upper)
+        cond = prior.condition(labels, upper)
+        engine = DecodingEngine(prior, B, static=True)
+        engine.begin(cond)
+        right = torch.cat([torch.full((B, 1), START), codes[:, :-1]], dim=1)
+        right = torch.cat([right, right[:, -1:].expand(-1, 4)], dim=1)  # runs past the end
+        m = torch.zeros(B, dtype=torch.long)
+        apart = False
+        while int(m.min()) < t_len:
+            inputs = torch.stack([right[b, int(m[b]) : int(m[b]) + 4] for b in range(B)])
+            got = engine.score(inputs)
+            keep = torch.randint(1, 5, (B,), generator=g)
+            for b in range(B):
+                for j in range(int(keep[b])):
+                    t = int(m[b]) + j
+                    if t < t_len:
+                        torch.testing.assert_close(got[b, j], ref[b, t], rtol=0, atol=1e-5)
+            m = (m + keep).clamp(max=t_len)
+            apart |= bool(m[0] != m[1])
+            engine.rewind(m.clone())
+        assert apart and engine.calls > t_len // 4
 
 
 def test_greedy_sampling_equals_recomputation():
