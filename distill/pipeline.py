@@ -49,6 +49,7 @@ from distill.speculative import (
     DEFAULT_GAMMA,
     SpeculativeSampler,
     SpeculativeStats,
+    parse_gamma,
     receptive_field,
     student_labels,
     student_sample,
@@ -526,7 +527,7 @@ class FastJukebox:
         temperature: PerLevel = None,
         top_k: int = 0,
         top_p: float = 0.0,
-        gamma: int = DEFAULT_GAMMA,
+        gamma: int | str = DEFAULT_GAMMA,
         student_temperature: PerLevel = 1.0,
         chunk_size: int | None = DEFAULT_CHUNK,
         student_chunk_size: int | None = None,
@@ -591,7 +592,7 @@ class FastJukebox:
         kwargs: dict[str, Any],
         mode: str = "exact",
         level_modes: str | Mapping[str | int, str] | None = None,
-        gamma: int = DEFAULT_GAMMA,
+        gamma: int | str = DEFAULT_GAMMA,
         student_temperature: PerLevel = 1.0,
         student_chunk_size: int | None = None,
     ) -> FastGenerationResult:
@@ -601,7 +602,9 @@ class FastJukebox:
             mode: ``exact`` | ``accelerated`` | ``hybrid`` | ``speculative`` (module docs).
             level_modes: per-level overrides (``"middle=exact,bottom=student"`` or a mapping);
                 required by ``hybrid``.
-            gamma: speculative drafts per teacher pass.
+            gamma: speculative drafts per teacher pass, or ``"auto"`` (measured while
+                sampling; the codes of a seed then depend on the timings, their
+                distribution does not).
             student_temperature: the students' temperature (one value or per level); 1.0
                 samples the distribution they were distilled to match.
             student_chunk_size: :class:`StudentSampler`'s memory chunking (None: one call).
@@ -624,8 +627,7 @@ class FastJukebox:
         bound = inspect.signature(entry).bind(*args, **kwargs)
         bound.apply_defaults()
         teacher = bound.arguments
-        if gamma < 1:
-            raise ConfigError(f"gamma must be >= 1, got {gamma}")
+        gamma = parse_gamma(gamma)
         plan = self.plan(mode, level_modes, teacher["levels"])
         samplers = self.samplers(
             plan,

@@ -3,27 +3,33 @@
 Exact speculative sampling (Leviathan et al. 2023, "Fast Inference from Transformers via
 Speculative Decoding"; Chen et al. 2023, "Accelerating LLM Decoding with Speculative
 Sampling"), one window at a time, inside the teacher's own windowing loop
-(:class:`SpeculativeSampler` is a :class:`teacher.generate.LevelSampler`). Per window:
+(:class:`SpeculativeSampler` is a :class:`~teacher.generate.sampler.LevelSampler`). Per window
+the teacher's decoding engine (:class:`~teacher.generate.engine.DecodingEngine`) is primed on the
+window's prefix once; then every round, for every row of the batch at its own position ``m``:
 
-1. the teacher's KV cache is primed on the window's prefix (the kept codes) in chunks, once;
-2. a round: the proposal (the student) drafts γ tokens ``d_m … d_{m+γ-1}`` after the ``m``
-   accepted ones, with the probabilities ``q`` it drew them from;
-3. the teacher scores ``[x_{m-1}, d_m, …, d_{m+γ-1}]`` in ONE cached chunk forward (γ + 1
-   inputs at positions m … m+γ — the prior's input is shifted: position t reads token t−1 —
-   give the logits of tokens m … m+γ, the last one the bonus token's);
-4. drafts are accepted in order with probability ``min(1, p(d)/q(d))``; at the first rejection
-   the token is redrawn from ``norm(max(0, p − q))`` and the round ends; when all γ are accepted
-   a bonus token is drawn from the teacher's last logits (so a round yields 1 … γ+1 tokens);
-5. the cache is rewound to the accepted length (:meth:`KVCache.rewind`), never re-primed.
+1. draft: the proposal (the student) drafts γ tokens ``d_m … d_{m+γ-1}`` one after the other,
+   each conditioned on the accepted prefix and on the drafts before it, with the distribution
+   ``q`` it drew each from (:class:`CategoricalProposal`: the student's final stage stepped
+   incrementally, :class:`~distill.drafter.IncrementalStage`);
+2. verify: the teacher scores ``[x_{m-1}, d_m, …, d_{m+γ-1}]`` in ONE multi-query call of the
+   engine (γ + 1 inputs at positions m … m+γ — position t reads token t−1 — give the logits of
+   tokens m … m+γ, the last one the bonus token's);
+3. accept, on the device: drafts are accepted in order with probability ``min(1, p(d)/q(d))``;
+   at the first rejection the token is redrawn from ``norm(max(0, p − q))``; when all γ are
+   accepted a bonus token is drawn from the teacher's last logits (a round yields 1 … γ+1 codes);
+4. rewind: each row's position moves to its accepted length (a pointer moves: the engine masks
+   what the rejected drafts left, the drafter overwrites it).
 
-``p`` is the teacher's distribution exactly as exact mode draws from it: ``softmax(filter(l/τ))``
-with the same temperature τ and top-k / top-p filter.
+Rows advance independently (their own positions and rewinds); the round's one host sync reads
+the rows' new positions (to stop, and to address the next drafts). ``p`` is the teacher's
+distribution exactly as exact mode draws from it: ``softmax(filter(l/τ))`` with the same
+temperature τ and top-k / top-p filter.
 
 Why the result is exactly the teacher's distribution
 -----------------------------------------------------
-Look at one position t with accepted history ``x_<t``. Let H be everything the algorithm has
-computed before the draft at t (accepted tokens, earlier drafts, the student's noise of earlier
-rounds and positions, earlier coin flips). The proposal ``q_t`` is a function of H; the draft is
+Look at one position t of one row with accepted history ``x_<t``. Let H be everything the
+algorithm has computed before the draft at t (accepted tokens, earlier drafts, the student's
+noise, earlier coin flips, other rows). The proposal ``q_t`` is a function of H; the draft is
 ``d_t = argmax(log q_t + g_t)`` with Gumbel noise ``g_t`` drawn fresh, independent of H, so
 ``d_t | H ~ q_t`` (Gumbel-max). The coin ``u_t`` is fresh too. Then, for every token v::
 
@@ -34,71 +40,66 @@ rounds and positions, earlier coin flips). The proposal ``q_t`` is a function of
 so ``P(x_t = v | H) = min(q, p)(v) + max(0, p − q)(v) = p(v | x_<t)``. A bonus token is drawn
 from p directly. Which positions get a draft, where a round ends and what happens after it only
 depend on what came before (stopping times), so every token is an exact draw from
-``p(· | x_<t)`` given any H, and the sequence is distributed as the teacher's. The argument needs
-only that q_t is computed BEFORE the draft's own noise is drawn — q may depend on anything in
-the past, including the student's earlier noise and its stale guesses, so a poor or stale
-student costs speed, never exactness. What breaks it: a q that is not the distribution the
-draft was drawn from (e.g. the Gaussian student's snapped token with its calibrated logits), or
-a draft whose noise also shaped q.
+``p(· | x_<t)`` given any H, and each row is distributed as the teacher's. The argument needs
+only that q_t is computed BEFORE the draft's own noise is drawn; a poor student costs speed,
+never exactness. What breaks it: a q that is not the distribution the draft was drawn from (e.g.
+the Gaussian student's snapped token with its calibrated logits), or a draft whose noise also
+shaped q.
 
 The proposals
 -------------
-* :class:`CategoricalProposal` (Gumbel-max IAF): at the window's start the student samples the
-  whole window in K passes with the prefix forced at every stage (:func:`student_sample`); that
-  sample is the first guess of the future. Each round re-runs the FINAL stage
-  (``stage_logits(K−1, prev, cond)``) over the local span it needs (its receptive field before
-  m, plus γ) on ``prev`` = accepted prefix + the latest guess; ``q_t = softmax(l_t / τ_s)``
-  depends on ``prev`` at ``< t`` only, and the drafts are drawn from q with fresh noise. The
-  drafts become the latest guess at their positions. Cost: one stage pass of ``RF + γ``
-  positions per round. ``restage=True`` instead re-runs all K stages on the span with the
-  accepted prefix forced (K passes per round; q is then exactly the student's own conditional
-  given its noise, the quantity distillation trained).
-* :class:`GaussianProposal` (affine IAF baseline): it has no ``stage_logits`` (its flows read
-  continuous vectors, not tokens). Each round runs its K flows on the span with fresh noise and
-  the accepted prefix forced (as code vectors); ``q`` is its calibrated soft-assignment logits
-  (DESIGN §5) and the drafts are drawn FROM q by Gumbel-max — never snapped, since the snap is
-  not a draw from q and would break exactness. Expect lower acceptance.
+* :class:`CategoricalProposal` (Gumbel-max IAF): its final stage as an autoregressive model,
+  ``q(x_t | x_<t) = softmax(stage(x_<t)[t] / τ_s)``, stepped one position at a time with
+  per-layer queues of its dilated convolutions and the conditioning projected once per window:
+  a draft costs one column of the stage, and each draft reads the drafts before it.
+* :class:`GaussianProposal` (affine IAF baseline): it has no token-level stage (its flows read
+  continuous vectors), so each round runs its K flows over a span (its receptive field before
+  m, plus γ) with fresh noise and the row's accepted prefix forced; ``q`` is its calibrated
+  soft-assignment logits (DESIGN §5) and the drafts are drawn FROM q by Gumbel-max — never
+  snapped, since the snap is not a draw from q. Expect lower acceptance and slow rounds.
 
-Batches: the B rows of a window share one KV cache, so they advance in lockstep. A round ends
-at the first position where ANY row rejects: rows that accepted there keep their draft, rows
-that rejected keep their redraw (both exact), and later drafts are dropped. That is a stopping
-time too, so exactness holds; the cost is fewer tokens per pass for B > 1.
-
-Blocks: a row / previous-row attention layer caches only the current (and previous) block, so
-the cache can be rewound only within the block of the last processed position (see
-:meth:`KVCache.can_rewind`). With such layers a round's drafts are clipped so that every
-possible rewind target lies in one block (γ ≤ ``block_ctx − (P+1) mod block_ctx`` for a chunk
-starting at position P). Should a rewind still be impossible, the cache is re-primed on the
-accepted sequence (counted in :attr:`SpeculativeStats.reprimes`; 0 in practice).
-
-Expected tokens per teacher pass for an acceptance rate α and γ drafts: ``(1 − α^{γ+1})/(1 − α)``
-(:func:`expected_tokens_per_pass`).
+Cost of a round and γ: ``γ · c_draft + c_verify(γ+1) + c_accept`` for an expected
+``(1 − α^{γ+1})/(1 − α)`` codes (:func:`expected_tokens_per_pass`); ``gamma="auto"`` measures
+the costs and α while sampling and picks the γ that maximises codes per second
+(:func:`best_gamma`). :attr:`SpeculativeStats.seconds` breaks the rounds' time down into
+draft, verify, accept and rewind.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.drafter import IncrementalStage
 from student.base import Student, gumbel_noise
 from teacher.config import ConfigError
+from teacher.generate.engine import START, engine_for
 from teacher.generate.sampler import LevelSampler, ProgressFn, WindowInputs, filter_logits
-from teacher.prior.attention import AttnKind
 from teacher.prior.model import Prior
 
 log = logging.getLogger(__name__)
 
-#: positions per forward when priming a window on its prefix (as exact mode's default)
+#: positions per call when priming a window on its prefix (as exact mode's default)
 DEFAULT_PRIME_CHUNK = 1024
 #: draft length γ when none is given
 DEFAULT_GAMMA = 4
+#: the largest γ (the drafter's spare positions past a window's end)
+MAX_GAMMA = 64
+#: the largest γ ``gamma="auto"`` considers
+MAX_AUTO_GAMMA = 12
+#: ``gamma="auto"`` explores these γ for :data:`AUTO_ROUNDS` rounds each, then picks
+AUTO_START = (2, 6)
+AUTO_ROUNDS = 4
+#: rounds between two choices of γ
+AUTO_EVERY = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,10 +214,11 @@ class Proposal(Protocol):
 
     ``begin`` is called once per window with the window's codes buffer ``LongTensor[B, L]``
     (the first ``n_known`` are the prefix), labels and upper codes. ``draft(codes, m, gamma,
-    generator)`` returns ``(tokens LongTensor[B, g], probs Tensor[B, g, V])`` with
-    ``1 <= g <= gamma``: drafts for positions ``m … m+g−1`` and, for each, the EXACT
-    distribution it was drawn from, computed before its own randomness (module docs).
-    ``codes[:, :m]`` holds the accepted tokens. ``passes`` counts network passes.
+    generator)`` gets each row's accepted length ``m`` (``list[int]``; ``codes[b, :m[b]]`` are
+    accepted) and returns ``(tokens LongTensor[B, gamma], probs Tensor[B, gamma, V])``: drafts
+    for positions ``m[b] … m[b]+gamma−1`` and, for each, the EXACT distribution it was drawn
+    from, computed before its own randomness (module docs). ``passes`` counts network passes
+    (a draft step of an incremental stage counts one).
     """
 
     passes: int
@@ -231,7 +233,7 @@ class Proposal(Protocol):
     ) -> None: ...
 
     def draft(
-        self, codes: Tensor, m: int, gamma: int, generator: torch.Generator | None
+        self, codes: Tensor, m: list[int], gamma: int, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -274,85 +276,108 @@ class _StudentProposal:
 
 
 class CategoricalProposal(_StudentProposal):
-    """Drafts from a :class:`~student.categorical.CategoricalIAF` (module docs).
-
-    Args:
-        student: the level's categorical student.
-        temperature: the student's sampling temperature τ_s (1.0: the distribution it was
-            distilled to match, the teacher at its ``teacher_temperature``).
-        restage: re-run all K stages on each round's span (K passes) instead of the final stage
-            on the accepted prefix + latest guess (1 pass).
-    """
+    """Drafts from a :class:`~student.categorical.CategoricalIAF`: its final stage stepped one
+    position at a time (:class:`~distill.drafter.IncrementalStage`), each draft reading the
+    accepted prefix and the drafts before it (module docs). One stage column per draft."""
 
     family = "categorical"
 
-    def __init__(self, student: Student, temperature: float = 1.0, restage: bool = False):
+    def __init__(self, student: Student, temperature: float = 1.0) -> None:
         super().__init__(student, temperature)
-        self.restage = restage
-        self.guess: Tensor | None = None
+        self.stage: IncrementalStage | None = None
 
     def begin(self, codes, n_known, labels, upper, generator) -> None:
         super().begin(codes, n_known, labels, upper, generator)
-        if self.restage:
-            self.guess = None
-            return
-        # the whole window in K passes from the prefix: the first guess of the future
-        draw = student_sample(
-            self.student, self.cond, codes[:, :n_known], generator, self.temperature
-        )
-        self.passes += draw.passes
-        self.guess = draw.codes
+        b, length = codes.shape
+        if self.stage is None or self.stage.batch_size != b or self.stage.length < length:
+            self.stage = IncrementalStage(self.student, b, length)
+        self.stage.begin(self.cond)
+        if n_known:  # the queues over the prefix, in one batched pass
+            self.stage.prime(codes[:, :n_known])
+            self.passes += 1
 
     def draft(self, codes, m, gamma, generator) -> tuple[Tensor, Tensor]:
-        s0, e = max(0, m - self.rf), min(m + gamma, codes.shape[1])
-        cond = self.cond[:, s0:e]
-        tau = self.temperature
-        if self.restage:
-            draw = student_sample(self.student, cond, codes[:, s0:m], generator, tau)
-            self.passes += draw.passes
-            logits = draw.logits[:, m - s0 :] / tau
-            # the K-stage tokens are the drafts: token t is argmax(l_t/τ + g_t) with l_t read
-            # from earlier stages at < t only, so it IS a draw from softmax(l_t/τ) (module docs)
-            return draw.codes[:, m - s0 :], torch.softmax(logits, dim=-1)
-        prev = self.guess[:, s0:e].clone()
-        prev[:, : m - s0] = codes[:, s0:m]  # accepted prefix + the latest guess after it
-        k = self.student.n_passes - 1
-        logits = self.student.stage_logits(k, prev, cond)[:, m - s0 :].float() / tau
-        self.passes += 1
-        tokens = _gumbel_draw(logits, generator)  # fresh noise: q was fixed before it
-        self.guess[:, m:e] = tokens
-        return tokens, torch.softmax(logits, dim=-1)
+        b, dev = codes.shape[0], codes.device
+        shared = m[0] if all(x == m[0] for x in m) else None
+        if shared is not None:
+            pos = None
+            prev = codes[:, shared - 1] if shared else None
+        else:
+            pos = torch.tensor(m, device=dev)
+            rows = torch.arange(b, device=dev)
+            prev = torch.where(pos > 0, codes[rows, (pos - 1).clamp(min=0)], START)
+        # the drafts' Gumbel noise, drawn before any q: independent of every q it meets
+        noise = gumbel_noise((gamma, b, self.stage.table.shape[0] - 1), generator, dev)
+        tokens, logits = [], []
+        for j in range(gamma):
+            z = self.stage.step(shared + j if pos is None else pos + j, prev)
+            if self.temperature != 1.0:
+                z = z / self.temperature
+            prev = torch.argmax(z + noise[j], dim=-1)  # a draw from softmax(z)
+            tokens.append(prev)
+            logits.append(z)
+        self.passes += gamma
+        return torch.stack(tokens, 1), torch.softmax(torch.stack(logits, 1), dim=-1)
 
 
 class GaussianProposal(_StudentProposal):
     """Drafts from a :class:`~student.gaussian.GaussianIAF`: ``q`` = its calibrated logits over
-    a span run with fresh noise and the accepted prefix forced; drafts drawn FROM q (module
-    docs). K flow passes per round."""
+    a span run with fresh noise and the row's accepted prefix forced; drafts drawn FROM q
+    (module docs). K flow passes per row and round."""
 
     family = "gaussian"
 
     def draft(self, codes, m, gamma, generator) -> tuple[Tensor, Tensor]:
-        s0, e = max(0, m - self.rf), min(m + gamma, codes.shape[1])
-        draw = student_sample(
-            self.student, self.cond[:, s0:e], codes[:, s0:m], generator, self.temperature
-        )
-        self.passes += draw.passes
-        # calibrated logits at t read the flows' vectors at < t (noise of this round, prefix)
-        logits = draw.logits[:, m - s0 :] / self.temperature
-        return _gumbel_draw(logits, generator), torch.softmax(logits, dim=-1)
+        tokens, probs = [], []
+        length = self.cond.shape[1]
+        for b, mb in enumerate(m):
+            if mb >= length:  # a finished row: any draft (discarded)
+                tokens.append(codes.new_zeros(1, gamma))
+                v = self.student.cfg.l_bins
+                probs.append(self.cond.new_full((1, gamma, v), 1.0 / v))
+                continue
+            s0, e = max(0, mb - self.rf), min(mb + gamma, length)
+            draw = student_sample(
+                self.student,
+                self.cond[b : b + 1, s0:e],
+                codes[b : b + 1, s0:mb],
+                generator,
+                self.temperature,
+            )
+            self.passes += draw.passes
+            logits = draw.logits[:, mb - s0 :] / self.temperature
+            if logits.shape[1] < gamma:  # past the window's end: any draft (discarded)
+                logits = F.pad(logits, (0, 0, 0, gamma - logits.shape[1]))
+            tokens.append(_gumbel_draw(logits, generator))
+            probs.append(torch.softmax(logits, dim=-1))
+        return torch.cat(tokens), torch.cat(probs)
 
 
-def make_proposal(student: Student, temperature: float = 1.0, restage: bool = False) -> Proposal:
+def make_proposal(student: Student, temperature: float = 1.0) -> Proposal:
     """The proposal of a student's family."""
     if student.family == "categorical":
-        return CategoricalProposal(student, temperature, restage=restage)
+        return CategoricalProposal(student, temperature)
     if student.family == "gaussian":
         return GaussianProposal(student, temperature)
     raise ConfigError(f"no speculative proposal for a {student.family!r} student")
 
 
 # ---------------------------------------------------------------------------------------------
-# statistics
+# statistics and the choice of γ
+
+
+def parse_gamma(value: int | str) -> int | str:
+    """A draft length as given on a command line or in a call: an int in ``1 …``
+    :data:`MAX_GAMMA` (also as text) or ``"auto"``; anything else is a :class:`ConfigError`."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit():
+            value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_GAMMA:
+        raise ConfigError(f"gamma must be 1 … {MAX_GAMMA} drafts or 'auto', got {value!r}")
+    return value
 
 
 def expected_tokens_per_pass(alpha: float, gamma: int) -> float:
@@ -365,33 +390,59 @@ def expected_tokens_per_pass(alpha: float, gamma: int) -> float:
     return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
 
 
+def predicted_speedup(
+    alpha: float, gamma: int, draft_s: float, verify_s: float, accept_s: float, step_s: float
+) -> float:
+    """Codes per second of speculative over exact sampling: ``E[codes per round] · step /
+    (γ · draft + verify + accept)``, ``step`` being exact mode's seconds per code."""
+    cost = gamma * draft_s + verify_s + accept_s
+    return expected_tokens_per_pass(alpha, gamma) * step_s / cost if cost > 0 else 0.0
+
+
+def best_gamma(
+    alpha: float, draft_s: float, verify_s: Callable[[int], float], accept_s: float, limit: int
+) -> int:
+    """The γ in ``1 … limit`` with the most codes per second: ``E[codes](α, γ) / (γ · draft +
+    verify(γ + 1) + accept)`` (``verify(n)``: seconds of a call of n queries)."""
+
+    def rate(g: int) -> float:
+        return expected_tokens_per_pass(alpha, g) / (g * draft_s + verify_s(g + 1) + accept_s)
+
+    return max(range(1, limit + 1), key=rate)
+
+
 @dataclass
 class SpeculativeStats:
-    """Counters of a :class:`SpeculativeSampler` (accumulated over windows).
+    """Counters of a :class:`SpeculativeSampler` (accumulated over windows; add two with +).
 
     Attributes:
         windows: windows sampled.
-        teacher_passes: verification forwards of the teacher (one cached chunk each).
-        prime_passes: chunked forwards priming windows on their prefix (once per window).
-        reprimes: re-primings after a rewind the cache could not do (see module docs).
-        positions: positions produced (per row; ``tokens = positions · B``).
+        rounds: draft-verify rounds.
+        teacher_passes: verification calls of the teacher (one multi-query call each, all rows).
+        row_passes: rows served by those calls (finished rows not counted).
+        prime_passes: calls priming windows on their prefix.
         tokens: codes produced, all rows.
-        drafted: draft tokens proposed, all rows.
+        drafted: draft tokens proposed to live rows.
         evaluated: drafts that reached the accept test (the rest came after a rejection).
         accepted: drafts accepted.
-        proposal_passes: the student's network passes.
+        proposal_passes: the student's network passes (a draft column counts one).
+        seconds: wall seconds of the rounds by part: draft, verify, accept, rewind (measured
+            with device syncs only when the sampler's ``profile`` is on, or for ``gamma="auto"``).
+        gammas: the γ of every round (``gamma="auto"`` picks them).
     """
 
     windows: int = 0
+    rounds: int = 0
     teacher_passes: int = 0
+    row_passes: int = 0
     prime_passes: int = 0
-    reprimes: int = 0
-    positions: int = 0
     tokens: int = 0
     drafted: int = 0
     evaluated: int = 0
     accepted: int = 0
     proposal_passes: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    gammas: dict[int, int] = field(default_factory=dict)
 
     @property
     def acceptance_rate(self) -> float:
@@ -400,8 +451,18 @@ class SpeculativeStats:
 
     @property
     def tokens_per_pass(self) -> float:
-        """Positions produced per teacher verification pass (exact mode: 1)."""
-        return self.positions / self.teacher_passes if self.teacher_passes else 0.0
+        """Codes per teacher pass per row (exact mode: 1)."""
+        return self.tokens / self.row_passes if self.row_passes else 0.0
+
+    def __add__(self, other: SpeculativeStats) -> SpeculativeStats:
+        out = SpeculativeStats()
+        for name in ("seconds", "gammas"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            setattr(out, name, {k: mine.get(k, 0) + theirs.get(k, 0) for k in {*mine, *theirs}})
+        for k, v in asdict(self).items():
+            if isinstance(v, int):
+                setattr(out, k, v + getattr(other, k))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -415,7 +476,8 @@ class SpeculativeStats:
 # the sampler
 
 
-LogitsHook = Callable[[int, Tensor], None]
+LogitsHook = Callable[[int, int, Tensor], None]
+ROUND_PARTS = ("draft", "verify", "accept", "rewind")
 
 
 class SpeculativeSampler(LevelSampler):
@@ -425,15 +487,17 @@ class SpeculativeSampler(LevelSampler):
     Args:
         prior: the level's teacher prior (eval mode is set).
         student: the level's student (or None with ``proposal``).
-        gamma: drafts per round γ (clipped at block boundaries and the window's end).
+        gamma: drafts per round γ, or ``"auto"``: measured while sampling (module docs). At
+            most the engine's queries per call minus one (a block of the prior).
         temperature, top_k, top_p: the teacher's sampling settings, as in exact mode.
         student_temperature: the student's sampling temperature (1.0: what it was distilled
             to match — the teacher at its distillation temperature).
-        chunk_size: positions per forward while priming a window.
+        chunk_size: positions per call while priming a window on its prefix.
         proposal: a custom :class:`Proposal` (tests, other draft models).
-        restage: :class:`CategoricalProposal`'s option.
-        on_logits: test hook, ``on_logits(t, logits)`` with the teacher's fp32 ``[B, V]``
-            logits (before temperature and filtering) of every produced position t; they equal
+        profile: time the rounds' parts with a device sync between them
+            (:attr:`SpeculativeStats.seconds`; always on a CPU, where a sync costs nothing).
+        on_logits: test hook, ``on_logits(row, t, logits)`` with the teacher's fp32 ``[V]``
+            logits (before temperature and filtering) of every code t a row produces; they equal
             row t of ``prior.logits`` of the returned codes.
 
     ``stats`` (:class:`SpeculativeStats`) accumulates over calls.
@@ -443,18 +507,18 @@ class SpeculativeSampler(LevelSampler):
         self,
         prior: Prior,
         student: Student | None = None,
-        gamma: int = DEFAULT_GAMMA,
+        gamma: int | str = DEFAULT_GAMMA,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 0.0,
         student_temperature: float = 1.0,
         chunk_size: int | None = DEFAULT_PRIME_CHUNK,
         proposal: Proposal | None = None,
-        restage: bool = False,
+        profile: bool = False,
         on_logits: LogitsHook | None = None,
     ) -> None:
-        if gamma < 1:
-            raise ConfigError(f"gamma (drafts per teacher pass) must be >= 1, got {gamma}")
+        gamma = parse_gamma(gamma)
+        self.auto = gamma == "auto"
         if temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {temperature}")
         if top_k < 0 or not 0.0 <= top_p <= 1.0:
@@ -465,19 +529,17 @@ class SpeculativeSampler(LevelSampler):
             if student is None:
                 raise ConfigError("speculative sampling needs a student (or a proposal)")
             _check_pair(prior, student)
-            proposal = make_proposal(student, student_temperature, restage=restage)
+            proposal = make_proposal(student, student_temperature)
         self.prior = prior.eval()
         self.proposal = proposal
-        self.gamma = int(gamma)
+        self.gamma = AUTO_START[0] if self.auto else int(gamma)
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         self.chunk_size = chunk_size
+        self.profile = bool(profile)
         self.on_logits = on_logits
         self.n_ctx = prior.cfg.n_ctx
         self.stats = SpeculativeStats()
-        kinds = set(prior.cfg.transformer.kinds)
-        tr = prior.cfg.transformer
-        # row / previous-row caches hold one block: keep rewind targets inside one block
-        self.block_ctx = tr.block_ctx if kinds & {AttnKind.ROW, AttnKind.PREV_ROW} else None
+        self._verify: dict[int, list[float]] = {}  # queries -> [seconds, calls]
 
     # -- the accept rule (overridable: tests break it on purpose) -----------------------------
 
@@ -497,7 +559,7 @@ class SpeculativeSampler(LevelSampler):
     ) -> Tensor:
         """See :class:`~teacher.generate.sampler.LevelSampler`: ``LongTensor[B, length]`` whose
         first ``prefix.shape[1]`` codes are ``prefix``."""
-        length, prefix, labels, upper = w.length, w.prefix, w.labels, w.upper
+        length, prefix = w.length, w.prefix
         cfg = self.prior.cfg
         if not 1 <= length <= cfg.n_ctx:
             raise ValueError(f"length must be in [1, n_ctx={cfg.n_ctx}], got {length}")
@@ -506,126 +568,126 @@ class SpeculativeSampler(LevelSampler):
         if prefix.numel() and not bool(((prefix >= 0) & (prefix < cfg.l_bins)).all()):
             raise ValueError(f"prefix codes must be in [0, {cfg.l_bins})")
         with torch.inference_mode():
-            out = self._window(length, prefix, labels, upper, generator, progress)
+            out = self._window(length, prefix, w.labels, w.upper, generator, progress)
         return out.clone()  # a normal tensor again
 
     def _window(self, length, prefix, labels, upper, generator, progress) -> Tensor:
-        prior, cfg, stats = self.prior, self.prior.cfg, self.stats
-        core = prior.prior
+        prior, stats = self.prior, self.stats
         b, t0 = prefix.shape
-        weight = core.x_emb.weight
-        device, dtype = weight.device, weight.dtype
+        engine = engine_for(prior, b)
+        device = engine.device
+        # a round of γ + 1 <= block_ctx + 1 queries ends at most one block past the block of
+        # its first accepted position: the engine's rings can rewind there (DecodingEngine)
+        limit = min(MAX_AUTO_GAMMA if self.auto else self.gamma, engine.max_queries)
+        if not self.auto and self.gamma > limit:
+            raise ConfigError(
+                f"gamma={self.gamma}: this prior verifies at most {engine.max_queries} drafts "
+                "per round (its block_ctx)"
+            )
+        timed = self.profile or self.auto or device.type != "cuda"
+        clock = _Clock(device, timed, stats.seconds)
         cond = prior.condition(labels, upper).expand(b)
-        n_lyr = cfg.n_tokens if cfg.single_sequence else 0
-        shift = cfg.vocab_offset
-        total = n_lyr + length
-        if cond.x_cond is not None and cond.x_cond.shape[1] < total:
-            raise ValueError(f"the conditioning covers {cond.x_cond.shape[1]} < {total} positions")
-
-        codes = torch.zeros(b, length, dtype=torch.long, device=device)
-        codes[:, :t0] = prefix.to(device)
-        seq = torch.zeros(b, total, dtype=torch.long, device=device)  # the transformer's tokens
+        n_lyr, shift = engine.n_lyrics, engine.shift
+        codes = torch.zeros(b, length + limit + 1, dtype=torch.long, device=device)
+        prefix = prefix.to(device)
+        codes[:, :t0] = prefix
+        forced = []
         if n_lyr:
-            seq[:, :n_lyr] = cond.lyrics.to(device)
-        seq[:, n_lyr : n_lyr + t0] = codes[:, :t0] + shift
-        x_cond = None if cond.x_cond is None else cond.x_cond[:, :total].to(dtype)
-        add = core.pos_emb()[:total].unsqueeze(0)
-        add = add + x_cond if x_cond is not None else add.expand(b, -1, -1)
-        out_cond = x_cond if core.add_cond_after_transformer else None
-        start = core.start_embedding(cond.start, b).to(dtype)
-        head = core.x_out.weight[shift:].float()  # music rows only
-        transformer = core.transformer
-        cache = transformer.new_cache(b, device=device, dtype=dtype)
-        enc = cond.encoder_kv
-
-        def inputs(lo: int, toks: Tensor) -> Tensor:
-            """Inputs of positions lo … lo+n−1 given the tokens they read (positions lo−1 …):
-            ``toks [B, n]`` is ``seq[lo−1 : lo+n−1]`` (its first column unused at lo = 0)."""
-            x = core.x_emb(toks)
-            if lo == 0:
-                x = torch.cat([start, x[:, 1:]], dim=1)
-            return x + add[:, lo : lo + toks.shape[1]]
-
-        def prime(upto: int) -> None:
-            cache.reset()
-            step = self.chunk_size or upto
-            for lo in range(0, upto, step):
-                hi = min(lo + step, upto)
-                toks = seq[:, max(lo - 1, 0) : hi - 1]
-                if lo == 0:
-                    toks = torch.cat([seq[:, :1], toks], dim=1)  # placeholder for the start
-                transformer(inputs(lo, toks), encoder_kv=enc, cache=cache)
-                stats.prime_passes += 1
-
-        passes0 = self.proposal.passes
-        self.proposal.begin(codes, t0, labels, upper, generator)
-        if n_lyr + t0:
-            prime(n_lyr + t0)
-        m = t0
-        while m < length:
-            p0 = n_lyr + m  # cache.position: positions < p0 hold accepted inputs
-            g = min(self.gamma, length - m)
-            if self.block_ctx:
-                g = min(g, self.block_ctx - (p0 + 1) % self.block_ctx)
-            drafts, q = self.proposal.draft(codes, m, g, generator)
-            g = drafts.shape[1]
-            if not 1 <= g <= self.gamma or q.shape[:2] != drafts.shape:
-                raise RuntimeError(f"the proposal returned {tuple(drafts.shape)} drafts")
-            bonus = m + g < length
-            n_in = g + 1 if bonus else g
-            # ONE teacher pass: [x_{m-1}, d_m .. d_{m+n_in-2}] at positions p0 .. p0+n_in-1
-            prev_tok = seq[:, p0 - 1 : p0] if p0 else seq[:, :1]
-            toks = torch.cat([prev_tok, drafts[:, : n_in - 1] + shift], dim=1)
-            h = transformer(inputs(p0, toks), encoder_kv=enc, cache=cache)
-            if out_cond is not None:
-                h = h + out_cond[:, p0 : p0 + n_in]
-            logits = F.linear(h.float(), head)  # [B, n_in, V] fp32
-            stats.teacher_passes += 1
-            p = self._probs(logits)
-            q = q.float()
-
-            p_d = p[:, :g].gather(-1, drafts[..., None]).squeeze(-1)
-            q_d = q.gather(-1, drafts[..., None]).squeeze(-1)
-            coin = _uniform((b, g), generator, device)
-            ok = coin < self.accept_probability(p_d, q_d)  # [B, g]
-            rejected = ~ok
-            first = torch.where(rejected.any(1), rejected.float().argmax(1), g)  # per row
-            s = int(first.min())  # lockstep: the round ends at the first rejection of any row
-            new = drafts[:, : min(s + 1, g)].clone()
-            if s < g:
-                rej = first == s
-                redraw = _categorical(self.residual(p[:, s], q[:, s]), p[:, s], generator)
-                new[:, s] = torch.where(rej, redraw, drafts[:, s])
-                stats.evaluated += b * (s + 1)
-                stats.accepted += b * (s + 1) - int(rej.sum())
+            forced.append(cond.lyrics.to(device).expand(b, -1))
+        if t0:
+            forced.append(prefix + shift)
+        forced_t = torch.cat(forced, dim=1) if forced else None
+        calls0, passes0 = engine.calls, self.proposal.passes
+        engine.begin(cond, forced_t, self.chunk_size)
+        stats.prime_passes += engine.calls - calls0
+        self.proposal.begin(codes[:, :length], t0, labels, upper, generator)
+        # each row's input token for its next position (joint vocabulary)
+        last = forced_t[:, -1].clone() if forced_t is not None else codes.new_full((b,), START)
+        rows = torch.arange(b, device=device)
+        m = [t0] * b
+        m_t = torch.full((b,), t0, dtype=torch.long, device=device)
+        together = engine.rows_together
+        while min(m) < length:
+            live = [x < length for x in m]
+            n_live = sum(live)
+            g = min(self._gamma(limit), max(length - x - 1 for x in m if x < length))
+            clock.start()
+            if g:
+                drafts, q = self.proposal.draft(codes, m, g, generator)
+                if drafts.shape != (b, g) or q.shape[:2] != (b, g):
+                    raise RuntimeError(
+                        f"the proposal returned drafts {tuple(drafts.shape)}, q {tuple(q.shape)} "
+                        f"for ({b}, {g})"
+                    )
             else:
-                stats.evaluated += b * g
-                stats.accepted += b * g
-                if bonus:  # every draft accepted: the teacher's last logits give one more
-                    new = torch.cat([new, _categorical(p[:, g], None, generator)[:, None]], 1)
-            n_new = new.shape[1]
-            stats.drafted += b * g
+                drafts = codes.new_zeros(b, 0)
+                q = torch.zeros(b, 0, engine.l_bins, device=device)
+            clock.lap("draft")
+            # ONE teacher call: [x_{m-1}, d_m … d_{m+g-1}] at positions n_lyr+m … n_lyr+m+g
+            calls = engine.calls
+            logits = engine.score(torch.cat([last[:, None], drafts + shift], dim=1))
+            p = self._probs(logits)  # [B, g+1, V]
+            clock.lap("verify")
+            self._note_verify(g + 1, clock)
+            # one uniform draw per round: the coins, then the Gumbel noise of the last token
+            u = _uniform((b, g + engine.l_bins), generator, device)
+            if g:
+                q = q.float()
+                p_d = p[:, :g].gather(-1, drafts[..., None]).squeeze(-1)
+                q_d = q.gather(-1, drafts[..., None]).squeeze(-1)
+                ok = u[:, :g] < self.accept_probability(p_d, q_d)
+                a = ok.long().cumprod(1).sum(1)  # leading accepted drafts per row
+                # the row's token after its run: from the residual at its first rejection
+                # (p itself where p = q up to rounding), or the bonus from the last logits
+                at = a.clamp(max=g - 1)
+                p_a = p[rows, at]
+                resid = self.residual(p_a, q[rows, at])
+                resid = torch.where(resid.sum(-1, keepdim=True) > 0, resid, p_a)
+                weights = torch.where((a < g)[:, None], resid, p[:, g])
+            else:
+                a = codes.new_zeros(b)
+                weights = p[:, 0]
+            gumbel = u[:, g:].log_().neg_().log_().neg_()
+            out = torch.cat([drafts, codes.new_zeros(b, 1)], dim=1)
+            out[rows, a] = torch.argmax(torch.log(weights) + gumbel, dim=-1)
+            codes.scatter_(1, m_t[:, None] + torch.arange(g + 1, device=device), out)
+            n_new = a + 1
+            if together:  # prime / summary layers: the rows advance in lockstep
+                n_new = n_new.masked_fill(m_t >= length, g + 1).min().expand(b)
+            m_new = (m_t + n_new).clamp(max=length)
+            clock.lap("accept")
+            m_list = m_new.tolist()  # the round's one host sync
+            # finished rows go to position 0: their (discarded) queries stay inside the window
+            target = [n_lyr + x if x < length else 0 for x in m_list]
+            if all(x == target[0] for x in target):
+                engine.rewind(target[0])
+            else:
+                engine.rewind(torch.where(m_new < length, n_lyr + m_new, 0))
+            last = codes.gather(1, (m_new - 1)[:, None])[:, 0] + shift
+            clock.lap("rewind")
+
             if self.on_logits is not None:
-                for i in range(n_new):
-                    self.on_logits(m + i, logits[:, i])
-            codes[:, m : m + n_new] = new
-            seq[:, p0 : p0 + n_new] = new + shift
-            m += n_new
-            stats.positions += n_new
-            stats.tokens += b * n_new
-            target = n_lyr + m
-            if cache.position > target:
-                if cache.can_rewind(target):
-                    cache.rewind(target)  # forget the rejected drafts' keys/values
-                else:  # not reached with the block clipping above; kept as a safe fallback
-                    log.debug("re-priming at %d: the cache cannot rewind there", target)
-                    stats.reprimes += 1
-                    prime(target)
+                for r in range(b):
+                    for j in range(m_list[r] - m[r]):
+                        self.on_logits(r, m[r] + j, logits[r, j])
+            a_list = a.tolist() if g else [0] * b
+            stats.rounds += 1
+            stats.teacher_passes += engine.calls - calls
+            stats.row_passes += n_live
+            stats.gammas[g] = stats.gammas.get(g, 0) + 1
+            for r in range(b):
+                if live[r]:
+                    made = m_list[r] - m[r]
+                    stats.tokens += made
+                    stats.drafted += g
+                    stats.evaluated += min(a_list[r] + 1, g, made)
+                    stats.accepted += min(a_list[r], made)
+            m, m_t = m_list, m_new
             if progress is not None:
-                progress(m - t0, length - t0)
+                progress(min(m) - t0, length - t0)
         stats.windows += 1
         stats.proposal_passes += self.proposal.passes - passes0
-        return codes
+        return codes[:, :length]
 
     def _probs(self, logits: Tensor) -> Tensor:
         """The teacher's sampling distribution, as exact mode draws it: temperature, then the
@@ -635,21 +697,80 @@ class SpeculativeSampler(LevelSampler):
             z = filter_logits(z, self.top_k, self.top_p)
         return torch.softmax(z, dim=-1)
 
+    # -- γ ----------------------------------------------------------------------------------------
+
+    def _note_verify(self, queries: int, clock: _Clock) -> None:
+        if clock.timed:
+            entry = self._verify.setdefault(queries, [0.0, 0])
+            entry[0] += clock.last
+            entry[1] += 1
+
+    def _gamma(self, limit: int) -> int:
+        """This round's γ: the fixed one, or with ``gamma="auto"`` the exploration schedule
+        (:data:`AUTO_START`), then :func:`best_gamma` on what was measured, every
+        :data:`AUTO_EVERY` rounds."""
+        if not self.auto:
+            return self.gamma
+        r = self.stats.rounds
+        explore = len(AUTO_START) * AUTO_ROUNDS
+        if r < explore:
+            return min(AUTO_START[r // AUTO_ROUNDS], limit)
+        if (r - explore) % AUTO_EVERY == 0:
+            self.gamma = self._best(limit)
+        return min(self.gamma, limit)
+
+    def _best(self, limit: int) -> int:
+        st = self.stats
+        draft_cols = sum(g * n for g, n in st.gammas.items())
+        if not draft_cols or not st.evaluated:
+            return self.gamma
+        draft_s = st.seconds.get("draft", 0.0) / draft_cols
+        accept_s = (st.seconds.get("accept", 0.0) + st.seconds.get("rewind", 0.0)) / st.rounds
+        points = sorted((n, s / c) for n, (s, c) in self._verify.items() if c)
+        if len(points) >= 2:  # seconds of a call, linear in its queries
+            (n0, s0), (n1, s1) = points[0], points[-1]
+            slope = max(0.0, (s1 - s0) / (n1 - n0))
+
+            def verify(n: int) -> float:
+                return max(s0 + slope * (n - n0), 1e-9)
+        else:
+
+            def verify(n: int) -> float:
+                return max(points[0][1], 1e-9) if points else 1.0
+
+        # acceptance saturates just below 1 (α = 1 would make every γ equal in tokens)
+        alpha = min(st.acceptance_rate, 0.999)
+        return best_gamma(alpha, draft_s, verify, accept_s, limit)
+
+
+class _Clock:
+    """Wall time of a round's parts (device synced first when ``timed``), added to ``into``."""
+
+    def __init__(self, device: torch.device, timed: bool, into: dict[str, float]) -> None:
+        self.device, self.timed, self.into = device, timed, into
+        self.t = 0.0
+        self.last = 0.0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        if self.timed:
+            self.t = self._now()
+
+    def lap(self, part: str) -> None:
+        if self.timed:
+            now = self._now()
+            self.last = now - self.t
+            self.into[part] = self.into.get(part, 0.0) + self.last
+            self.t = now
+
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:
     gen_device = generator.device if generator is not None else device
     return torch.rand(shape, generator=generator, device=gen_device).to(device)
-
-
-def _categorical(
-    weights: Tensor, fallback: Tensor | None, generator: torch.Generator | None
-) -> Tensor:
-    """One draw per row of ``weights / weights.sum()`` (``Tensor[B, V]``, >= 0) by Gumbel-max on
-    the log weights; rows whose weights sum to 0 (p = q up to rounding) draw from ``fallback``."""
-    if fallback is not None:
-        empty = weights.sum(-1, keepdim=True) <= 0
-        weights = torch.where(empty, fallback, weights)
-    return _gumbel_draw(torch.log(weights), generator)
 
 
 def _check_pair(prior: Prior, student: Student) -> None:
@@ -666,13 +787,18 @@ def _check_pair(prior: Prior, student: Student) -> None:
 __all__ = [
     "CategoricalProposal",
     "DEFAULT_GAMMA",
+    "MAX_AUTO_GAMMA",
+    "MAX_GAMMA",
     "GaussianProposal",
     "Proposal",
     "SpeculativeSampler",
     "SpeculativeStats",
     "StudentDraw",
+    "best_gamma",
     "expected_tokens_per_pass",
     "make_proposal",
+    "parse_gamma",
+    "predicted_speedup",
     "receptive_field",
     "student_labels",
     "student_sample",

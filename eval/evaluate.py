@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from distill.pipeline import FAST_MODES, FastJukebox, parse_students
-from distill.speculative import DEFAULT_GAMMA
+from distill.speculative import DEFAULT_GAMMA, parse_gamma
 from eval.clips import clip_length, load_clips
 from eval.report import write_report
 from eval.results import EvalResult
@@ -96,7 +96,7 @@ def evaluate(
     metadata: str | None = None,
     song_seconds: float | None = None,
     hybrid: str = DEFAULT_HYBRID,
-    gamma: int = DEFAULT_GAMMA,
+    gamma: int | str = DEFAULT_GAMMA,
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = None,
     fd_level: int | None = None,
@@ -118,7 +118,7 @@ def evaluate(
         modes: sampling modes to compare; those that cannot run here are skipped.
         song_seconds: length of the end-to-end song; default the clip length.
         hybrid: hybrid mode's per-level plan (``"middle=exact,bottom=student"``).
-        gamma: speculative drafts per teacher pass.
+        gamma: speculative drafts per teacher pass, or ``"auto"``.
         device: where the models run (``"auto"``: CUDA when present, else the CPU).
         dtype: the priors' and students' precision (default fp32).
         fd_level: VQ-VAE level whose encoder gives the FD-VQ features (default the top).
@@ -126,8 +126,7 @@ def evaluate(
     """
     if data_dir is None:
         raise ConfigError("evaluate needs a data folder of held-out audio (data_dir)")
-    if gamma < 1:
-        raise ConfigError(f"gamma must be >= 1, got {gamma}")
+    gamma = parse_gamma(gamma)
     fj = FastJukebox.from_pretrained(teacher_dir, students=students, device=device, dtype=dtype)
     jb = fj.jukebox
     length = clip_length(jb, seconds)
@@ -213,7 +212,9 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"comma-separated modes to compare (default {','.join(FAST_MODES)})",
     )
     parser.add_argument("--hybrid", default=DEFAULT_HYBRID, help="hybrid mode's level modes")
-    parser.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="speculative drafts")
+    parser.add_argument(
+        "--gamma", default=DEFAULT_GAMMA, help="speculative drafts per teacher pass, or auto"
+    )
     add_device_args(parser)
     parser.add_argument(
         "--fd_frames", type=int, default=DEFAULT_FD_FRAMES, help="latent frames per FD-VQ vector"

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from distill.pipeline import FastJukebox, resolve_level_modes
-from distill.speculative import student_sample
+from distill.speculative import SpeculativeStats, student_sample
 from eval import metrics as M
 from eval.alignment import attention_alignment
 from eval.clips import Clip, WindowLabels, score_windows, windowed_nll_bits
@@ -116,7 +116,7 @@ class _Run:
     n_codes: dict[str, int] = field(default_factory=dict)
     timers: list[StageSpeed] = field(default_factory=list)
     call_s: float = 0.0
-    spec: dict[str, dict[str, int]] = field(default_factory=dict)  # speculative counters
+    spec: dict[str, SpeculativeStats] = field(default_factory=dict)  # speculative counters
 
 
 def _upsample_all(
@@ -127,7 +127,7 @@ def _upsample_all(
     mode: str,
     level_modes: str | None,
     seed: int,
-    gamma: int,
+    gamma: int | str,
 ) -> _Run:
     """Upsample every clip (one call each, its own names) from the ``given`` true codes."""
     run = _Run()
@@ -156,22 +156,10 @@ def _upsample_all(
             run.seconds[name] = run.seconds.get(name, 0.0) + st.seconds
             run.n_codes[name] = run.n_codes.get(name, 0) + st.codes
             if st.speculative is not None:
-                acc = run.spec.setdefault(name, {})
-                for k, v in st.speculative.to_dict().items():
-                    if isinstance(v, int):
-                        acc[k] = acc.get(k, 0) + v
+                run.spec[name] = run.spec.get(name, SpeculativeStats()) + st.speculative
     run.codes = {lv: torch.cat(v) for lv, v in per.items()}
     run.audio = {lv: torch.cat(v) for lv, v in aud.items()}
     return run
-
-
-def _spec_summary(counters: Mapping[str, int]) -> dict[str, Any]:
-    ev, passes = counters.get("evaluated", 0), counters.get("teacher_passes", 0)
-    return {
-        **counters,
-        "acceptance_rate": counters.get("accepted", 0) / ev if ev else 0.0,
-        "tokens_per_pass": counters.get("positions", 0) / passes if passes else 0.0,
-    }
 
 
 @torch.no_grad()
@@ -217,7 +205,7 @@ class Evaluation:
         audio: Tensor,
         seed: int,
         hybrid: str,
-        gamma: int,
+        gamma: int | str,
         fd_level: int | None,
         fd_frames: int,
     ) -> None:
@@ -363,7 +351,7 @@ class Evaluation:
                     )
                 )
             if sampler == "speculative" and name in run.spec:
-                m["speculative"] = _spec_summary(run.spec[name])
+                m["speculative"] = run.spec[name].to_dict()
             entry["samplers"][sampler] = m
         exact_s = entry["samplers"]["exact"]["speed"]["wall_s"]
         for m in entry["samplers"].values():
@@ -398,7 +386,7 @@ class Evaluation:
             ),
         }
         if run.spec:
-            out["speculative"] = {k: _spec_summary(v) for k, v in run.spec.items()}
+            out["speculative"] = {k: v.to_dict() for k, v in run.spec.items()}
         self.keep(f"mode: {mode}", run.audio[self.bottom][0])
         return out
 

@@ -201,7 +201,12 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", default="exact", choices=FAST_MODES, help=_HELP["sample.mode"])
     p.add_argument("--students", default=None, help=_HELP["sample.students"])
     p.add_argument("--level_modes", default=None, help=_HELP["sample.level_modes"])
-    p.add_argument("--gamma", type=int, default=None, help="speculative draft length (4)")
+    p.add_argument(
+        "--gamma",
+        default=None,
+        help="speculative drafts per teacher pass (default 4), or auto: chosen from the "
+        "measured acceptance and costs",
+    )
     p.add_argument(
         "--student_temperature", type=float, default=1.0, help="students' sampling temperature"
     )
@@ -234,13 +239,14 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 def _run_sample(args: argparse.Namespace) -> int:
     from distill.pipeline import FastJukebox, parse_students
-    from distill.speculative import DEFAULT_GAMMA
+    from distill.speculative import DEFAULT_GAMMA, parse_gamma
     from teacher.config import ConfigError
     from teacher.generate.labels import load_lyrics
     from teacher.levels import level_index
 
     if args.prompt is not None and args.codes is not None:
         raise ConfigError("--prompt (continue) and --codes (upsample) exclude each other")
+    gamma = parse_gamma(args.gamma) if args.gamma is not None else DEFAULT_GAMMA
     students = parse_students(args.students) if args.students else None
     jb = FastJukebox.from_pretrained(
         args.teacher, students=students, device=args.device, dtype=args.dtype
@@ -260,7 +266,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         lyrics=load_lyrics(args.lyrics, args.lyrics_file),
         temperature=temperature,
         progress=not args.no_progress,
-        gamma=args.gamma if args.gamma is not None else DEFAULT_GAMMA,
+        gamma=gamma,
     )
     if args.levels is not None:
         common["levels"] = [v.strip() for v in args.levels.split(",") if v.strip()]

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -71,3 +72,12 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
         )
         == 2
     )
+
+
+@pytest.mark.parametrize("gamma", ["0", "2.5", "fast", "65"])
+def test_a_bad_gamma_is_refused_before_any_model_loads(tmp_path, capsys, gamma):
+    argv = ["sample", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--gamma", gamma]) == 2
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert "gamma must be 1 … 64 drafts or 'auto'" in text and "missing" not in text

@@ -39,10 +39,13 @@ attn_order 3-5) need every row at the same position.
 Precision: the weights may be fp32, bf16 or fp16 (the prior is cast before the engine is made);
 layer norms, the softmax and the logits are computed in fp32 whatever the weights.
 
-Eager on a CPU (``static=False``, the default off CUDA) a step at one shared position selects
-views at the host position instead of gathering (the same kernels without the index
-arithmetic); the static path (CUDA graphs, compilation, rows at different positions) indexes
-everything by the device positions.
+Eager on a CPU (``static=False``, the default off CUDA) a step or a multi-query call at one
+shared position selects views at the host position instead of gathering (the same kernels
+without the index arithmetic; a call's queries are split per block only inside the blocked
+attentions); the static path (CUDA graphs, compilation, rows at different positions) indexes
+everything by the device positions: previous-row attention reads its whole ring under a mask
+(no per-query copy of the previous block), column attention copies each query's contiguous
+column.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -86,10 +89,10 @@ class _Geometry:
     row_write: Tensor | None = None  # (B, N) ring slot
     row_mask: Tensor | None = None  # (B, 1, N, 2·bc)
     col_write: Tensor | None = None  # (B, N)
-    col_read: Tensor | None = None  # (B, N, nb + 1) the query's column
+    col_i: Tensor | None = None  # (B, N) the query's column (its index in the block)
     col_mask: Tensor | None = None  # (B, 1, N, 1, nb + 1)
     prev_write: Tensor | None = None  # (B, N)
-    prev_read: Tensor | None = None  # (B, N, bc) the previous block's slots
+    prev_mask: Tensor | None = None  # (B, 1, N, 3·bc) the previous block's slots of the ring
     prev_gate: Tensor | None = None  # (B, 1, N, 1) False in the first block
     shared_p: Tensor | None = None  # (N,) row 0's positions (prime and summary kinds)
     prime_write: Tensor | None = None
@@ -98,6 +101,17 @@ class _Geometry:
     summary_write: Tensor | None = None
     summary_gate: Tensor | None = None
     summary_mask: Tensor | None = None
+
+
+@dataclass
+class _Span:
+    """An eager multi-query call at one host position ``p0`` (:meth:`DecodingEngine._span`):
+    ``pieces`` = ``(j0, j1, block, i0, causal mask or None)`` per block its N queries touch."""
+
+    p0: int
+    n: int
+    dense_mask: Tensor | None = None
+    pieces: list = field(default_factory=list)
 
 
 class DecodingEngine:
@@ -185,6 +199,8 @@ class DecodingEngine:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._step_fn: Callable[[], Tensor] = self._step
         self.calls = 0  # multi-query calls (priming and verification)
+        #: prime and summary layers: every row must stand at the same position
+        self.rows_together = bool(kinds & _SHARED)
 
     def _layout(self, attn: FactoredAttention) -> int:
         """Key slots of a layer's buffer (module docs)."""
@@ -335,18 +351,36 @@ class DecodingEngine:
         lo = 0
         while lo < n:
             hi = min(n, lo + self._segment(lo, chunk_size))
-            p = self.pos[:, None] + torch.arange(hi - lo, device=self.device)
-            x = torch.where(
-                inputs[:, lo:hi, None] == START,
-                self.start[:, None],
-                F.embedding(inputs[:, lo:hi].clamp(min=0), self.emb),
-            )
-            x = x + self.add[p, self._rows[:, None]]
-            x = self._blocks(x.reshape(b * (hi - lo), self.width), self._geometry(p), b, hi - lo)
-            x = x.view(b, hi - lo, self.width)
-            if logits:
-                if self.out_add is not None:
+            m = hi - lo
+            if self._lean():  # one host position, eager: views instead of gathers
+                p0 = self.shared
+                toks = inputs[:, lo:hi]
+                if p0 == 0:
+                    x = torch.where(
+                        toks[..., None] == START,
+                        self.start[:, None],
+                        F.embedding(toks.clamp(min=0), self.emb),
+                    )
+                else:
+                    x = F.embedding(toks, self.emb)
+                x = x + self.add[p0 : p0 + m].transpose(0, 1)
+                x = self._blocks(x.reshape(b * m, self.width), self._span(p0, m), b, m)
+                x = x.view(b, m, self.width)
+                if logits and self.out_add is not None:
+                    x = x + self.out_add[p0 : p0 + m].transpose(0, 1)
+            else:
+                p = self.pos[:, None] + torch.arange(m, device=self.device)
+                x = torch.where(
+                    inputs[:, lo:hi, None] == START,
+                    self.start[:, None],
+                    F.embedding(inputs[:, lo:hi].clamp(min=0), self.emb),
+                )
+                x = x + self.add[p, self._rows[:, None]]
+                x = self._blocks(x.reshape(b * m, self.width), self._geometry(p), b, m)
+                x = x.view(b, m, self.width)
+                if logits and self.out_add is not None:
                     x = x + self.out_add[p, self._rows[:, None]]
+            if logits:
                 outs.append(torch.matmul(x.float(), self.head_t))
             self.pos.add_(hi - lo)
             if self.shared is not None:
@@ -368,6 +402,33 @@ class DecodingEngine:
                 tail = p // self.bc * self.bc + self.bc - self.spread
                 n = min(n, tail - p) if p < tail else min(n, (p // self.bc + 1) * self.bc - p)
         return max(1, n)
+
+    def _lean(self) -> bool:
+        """Whether a multi-query call takes the eager view path (:class:`_Span`): every row at
+        one host position, not static, and no prime / summary layers."""
+        return not self.static and self.shared is not None and not self.kinds & _SHARED
+
+    def _span(self, p0: int, n: int) -> _Span:
+        """The pieces and masks of an eager call of ``n`` queries from host position ``p0``."""
+        span = _Span(p0=p0, n=n)
+        dev = self.device
+        if AttnKind.DENSE in self.kinds and n > 1:
+            span.dense_mask = torch.arange(p0 + n, device=dev) <= (
+                p0 + torch.arange(n, device=dev)[:, None]
+            )
+        if self.bc:
+            j = 0
+            while j < n:
+                blk, i0 = divmod(p0 + j, self.bc)
+                length = min(n - j, self.bc - i0)
+                mask = None
+                if length > 1:
+                    mask = torch.arange(i0 + length, device=dev) <= (
+                        i0 + torch.arange(length, device=dev)[:, None]
+                    )
+                span.pieces.append((j, j + length, blk, i0, mask))
+                j += length
+        return span
 
     # -- positions -------------------------------------------------------------------------------
 
@@ -423,11 +484,12 @@ class DecodingEngine:
                 nbs = self.nb + 1
                 geo.col_write = i * nbs + n
                 ar = torch.arange(nbs, device=dev)
-                geo.col_read = (i * nbs)[..., None] + ar
+                geo.col_i = i
                 geo.col_mask = (ar <= n[..., None]).unsqueeze(1).unsqueeze(3)
             if AttnKind.PREV_ROW in kinds:
                 geo.prev_write = (n % 3) * bc + i
-                geo.prev_read = (((n - 1) % 3) * bc)[..., None] + torch.arange(bc, device=dev)
+                ring = torch.arange(3 * bc, device=dev) // bc
+                geo.prev_mask = (ring == ((n - 1) % 3)[..., None]).unsqueeze(1)
                 geo.prev_gate = (n > 0).unsqueeze(1).unsqueeze(-1)
         if kinds & _SHARED:
             sp = geo.shared_p = p[0]
@@ -444,14 +506,17 @@ class DecodingEngine:
                 geo.summary_mask = self._slot_pos <= sp[:, None]
         return geo
 
-    def _blocks(self, x: Tensor, geo: _Geometry | int, b: int, n: int) -> Tensor:
+    def _blocks(self, x: Tensor, geo: _Geometry | _Span | int, b: int, n: int) -> Tensor:
         """The transformer on ``x`` ``Tensor[B·N, D]`` at the positions of ``geo`` (or, one
-        eager position shared by the rows, at the host position ``geo``)."""
+        eager position shared by the rows, at the host position ``geo``; or N eager positions
+        from a shared host position, a :class:`_Span`)."""
         for block, kv, (w0, b0, w1, b1) in self.layers:
             attn, mlp = block.attn, block.mlp
             h = self._norm(x, w0, b0, block.ln_0.eps)
             if isinstance(geo, int):
                 a = self._attention_at(attn, kv, h, geo, b)
+            elif isinstance(geo, _Span):
+                a = self._attention_span(attn, kv, h, geo, b)
             else:
                 a = self._attention(attn, kv, h, geo, b, n)
             a = torch.addmm(attn.c_proj.b, a, attn.c_proj.w)
@@ -486,13 +551,12 @@ class DecodingEngine:
         idx = slots[None, :, None, :, None].expand(2, -1, kv.shape[2], -1, kv.shape[-1])
         kv.scatter_(3, idx, new)
 
-    @staticmethod
-    def _read(kv: Tensor, slots: Tensor) -> Tensor:
-        """``(2, B, H, N, K, Dh)``: for every query ``(b, j)`` the keys and values at
-        ``slots[b, j, :]`` (``(B, N, K)``)."""
-        b, n, k = slots.shape
-        idx = slots.reshape(1, b, 1, n * k, 1).expand(2, -1, kv.shape[2], -1, kv.shape[-1])
-        return kv.gather(3, idx).view(2, b, kv.shape[2], n, k, kv.shape[-1])
+    def _read(self, kv: Tensor, cols: Tensor, bc: int, nbs: int) -> Tensor:
+        """``(2, B, H, N, nbs, Dh)``: for every query ``(b, j)`` the column ``cols[b, j]`` of a
+        ``(bc, nbs)`` layout (its ``nbs`` slots are contiguous: one copy per query)."""
+        two, b, h, _, dh = kv.shape
+        grid = kv.view(two, b, h, bc, nbs, dh)
+        return grid[:, self._rows[:, None], :, cols].permute(2, 0, 3, 1, 4, 5)
 
     def _attention(
         self, attn: FactoredAttention, kv: Tensor, x: Tensor, geo: _Geometry, b: int, n: int
@@ -515,12 +579,12 @@ class DecodingEngine:
             a = self._attend(q, kv[0], kv[1], geo.row_mask, scale)
         elif kind == AttnKind.COLUMN:
             self._write(kv, geo.col_write, new)
-            cols = self._read(kv, geo.col_read)  # (2, B, H, N, nb + 1, Dh)
+            cols = self._read(kv, geo.col_i, self.bc, self.nb + 1)  # (2, B, H, N, nb + 1, Dh)
             a = self._attend(q.unsqueeze(3), cols[0], cols[1], geo.col_mask, scale).squeeze(3)
         elif kind == AttnKind.PREV_ROW:
             self._write(kv, geo.prev_write, new)
-            prev = self._read(kv, geo.prev_read)  # (2, B, H, N, bc, Dh)
-            a = self._attend(q.unsqueeze(3), prev[0], prev[1], None, scale).squeeze(3)
+            # the whole ring, masked to the previous block: no gather of its keys per query
+            a = self._attend(q, kv[0], kv[1], geo.prev_mask, scale)
             # the first block attends to nothing (the reference's zero block): exactly 0
             a = a.masked_fill(~geo.prev_gate, 0.0)
         else:  # prime and summary kinds, every row at the same positions
@@ -572,6 +636,50 @@ class DecodingEngine:
                 kv.select(3, (n + 1) * s + i - t0).copy_(new)
             keys = kv.narrow(3, 0, min((n + 1) * s + max(0, i - t0 + 1), self.nb * s))
         return self._attend(q, keys[0], keys[1], None, scale).reshape(b, heads * dh)
+
+    def _attention_span(
+        self, attn: FactoredAttention, kv: Tensor, x: Tensor, span: _Span, b: int
+    ) -> Tensor:
+        """The eager multi-query attention (every row at host position ``span.p0``, N queries):
+        the same layouts written and read as views, one piece per block the queries touch."""
+        heads, dh, kind, scale, bc = attn.heads, attn.head_dim, attn.kind, attn.scale, self.bc
+        n, p0 = span.n, span.p0
+        if kind == AttnKind.CROSS:
+            q = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, heads, dh).transpose(1, 2)
+            a = self._attend(q, kv[0], kv[1], None, scale)
+            return a.transpose(1, 2).reshape(b * n, heads * dh)
+        qkv = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, 3, heads, dh)
+        q = qkv[:, :, 0].transpose(1, 2)  # (B, H, N, Dh)
+        new = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)  # (2, B, H, N, Dh)
+        if kind == AttnKind.DENSE:
+            kv.narrow(3, p0, n).copy_(new)
+            keys = kv.narrow(3, 0, p0 + n)
+            a = self._attend(q, keys[0], keys[1], span.dense_mask, scale)
+            return a.transpose(1, 2).reshape(b * n, heads * dh)
+        outs = []
+        for j0, j1, blk, i0, mask in span.pieces:
+            m, qp, newp = j1 - j0, q[:, :, j0:j1], new[:, :, :, j0:j1]
+            if kind == AttnKind.ROW:
+                s0 = (blk % 2) * bc
+                kv.narrow(3, s0 + i0, m).copy_(newp)
+                keys = kv.narrow(3, s0, i0 + m)
+                outs.append(self._attend(qp, keys[0], keys[1], mask, scale))
+            elif kind == AttnKind.COLUMN:
+                nbs = self.nb + 1
+                start = i0 * nbs + blk
+                kv[:, :, :, start : start + (m - 1) * nbs + 1 : nbs].copy_(newp)
+                cols = kv.narrow(3, i0 * nbs, m * nbs).unflatten(3, (m, nbs))[..., : blk + 1, :]
+                a = self._attend(qp.unsqueeze(3), cols[0], cols[1], None, scale)
+                outs.append(a.squeeze(3))
+            else:  # PREV_ROW
+                kv.narrow(3, (blk % 3) * bc + i0, m).copy_(newp)
+                if blk == 0:  # the reference attends to a zero block: exactly 0
+                    outs.append(qp.new_zeros(qp.shape))
+                else:
+                    keys = kv.narrow(3, ((blk - 1) % 3) * bc, bc)
+                    outs.append(self._attend(qp, keys[0], keys[1], None, scale))
+        a = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        return a.transpose(1, 2).reshape(b * n, heads * dh)
 
     # -- compilation ---------------------------------------------------------------------------
 

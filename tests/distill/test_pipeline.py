@@ -163,8 +163,8 @@ def test_every_mode_gives_audio_of_the_requested_length(fj, mode, level_modes, w
             assert len(out.windows[("bottom", "middle").index(name)]) == 1
         elif m == "speculative":
             sp = st.speculative
-            assert sp.windows == st.windows > 1 and sp.reprimes == 0
-            assert sp.positions == st.codes and 0 < sp.acceptance_rate < 1
+            assert sp.windows == st.windows > 1 and sp.rounds >= sp.teacher_passes > 0
+            assert sp.tokens == st.codes and 0 < sp.acceptance_rate < 1
             assert sp.teacher_passes < st.codes  # fewer teacher passes than codes
             assert out.info["gamma"] == 3
         else:

@@ -1,9 +1,10 @@
 """Speculative sampling: the output distribution is the teacher's (chi-square against exact mode
-and against the teacher's exact joint, on a 4-code teacher and 3-code windows), and a broken
-accept rule is caught; a proposal equal to the teacher accepts everything; the KV cache is primed
-once per window and rewound across block boundaries with the teacher's logits unchanged; the
-measured tokens per pass follow (1 − α^{γ+1})/(1 − α); the students' local spans equal whole
-windows."""
+and against the teacher's exact joint, on a 4-code teacher and 3-code windows), rows advancing
+alone or in lockstep, and a broken accept rule is caught; a proposal equal to the teacher
+accepts everything; the engine is primed once per window and rewound per row across block
+boundaries with the teacher's logits unchanged; the measured tokens per pass follow
+(1 − α^{γ+1})/(1 − α); ``gamma="auto"`` explores then chooses; the students' local spans equal
+whole windows."""
 
 from __future__ import annotations
 
@@ -18,13 +19,17 @@ from scipy.stats import chi2_contingency, chisquare
 from distill.speculative import (
     CategoricalProposal,
     SpeculativeSampler,
+    best_gamma,
     expected_tokens_per_pass,
+    parse_gamma,
+    predicted_speedup,
     receptive_field,
     student_sample,
 )
 from student.base import Student
 from student.config import StageConfig, student_config_for
 from teacher.config import ConfigError
+from teacher.generate.engine import engine_for
 from teacher.generate.sampler import ExactSampler
 from teacher.presets import tiny_top_prior
 from teacher.prior.config import PriorConfig, UpsamplerConditionerConfig
@@ -162,20 +167,28 @@ def test_teacher_distribution_is_broad_and_exact_mode_matches_it(prior, exact_co
 
 
 @pytest.mark.parametrize(
-    "family, restage", [("categorical", False), ("categorical", True), ("gaussian", False)]
+    "family, lockstep", [("categorical", False), ("categorical", True), ("gaussian", False)]
 )
 def test_speculative_samples_the_teacher_distribution(
-    prior, students, exact_codes, family, restage
+    prior, students, exact_codes, family, lockstep
 ):
-    """4000 windows in lockstep batches of 500 (each round ends at the first rejection of any
-    row: the accept / redraw rule at every position, rows accepting and rejecting together)."""
-    sp = SpeculativeSampler(prior, students[family], gamma=2, restage=restage)
-    codes = _speculative(sp, 4000, 500, seed=1)
+    """4000 windows in batches of 500: every row advances on its own (its own position, rewinds
+    and bonus tokens) — or, as priors with prime / summary layers need, the rows in lockstep
+    (a round ends at the first rejection of any row)."""
+    sp = SpeculativeSampler(prior, students[family], gamma=2)
+    engine = engine_for(prior, 500)
+    engine.rows_together = lockstep
+    try:
+        codes = _speculative(sp, 4000, 500, seed=1)
+    finally:
+        engine.rows_together = False
     p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
     assert p_two > 0.01 and p_fit > 0.01, (p_two, p_fit)
     st = sp.stats
     assert 0.3 < st.acceptance_rate < 0.95  # the student is a real, imperfect proposal
     assert st.evaluated > st.accepted > 0 and st.tokens == 4000 * L
+    if not lockstep:  # rows that advance alone need fewer row passes than lockstep ones
+        assert st.tokens_per_pass > 1.3
 
 
 def test_speculative_one_row_at_a_time_uses_multi_token_rounds(prior, students, exact_codes):
@@ -217,20 +230,33 @@ class TeacherProposal:
         self.prior, self.temperature, self.passes = prior, temperature, 0
 
     def begin(self, codes, n_known, labels, upper, generator):
-        self.cond = self.prior.condition(labels, upper).expand(codes.shape[0])
+        def row(x, r):
+            return None if x is None else x[r : r + 1]
+
+        self.conds = [
+            self.prior.condition(row(labels, r), row(upper, r)) for r in range(codes.shape[0])
+        ]
 
     def draft(self, codes, m, gamma, generator):
-        seq = codes[:, :m]
         toks, probs = [], []
-        for _ in range(gamma):
-            step = torch.cat([seq, seq.new_zeros(seq.shape[0], 1)], 1)
-            q = (self.prior.logits(step, cond=self.cond)[:, -1] / self.temperature).softmax(-1)
-            d = torch.multinomial(q, 1, generator=generator)
-            toks.append(d)
-            probs.append(q)
-            seq = torch.cat([seq, d], 1)
+        for r, mr in enumerate(m):
+            seq = codes[r : r + 1, :mr]
+            cond = self.conds[r]
+            tr, pr = [], []
+            for _ in range(gamma):
+                step = torch.cat([seq, seq.new_zeros(1, 1)], 1)
+                if step.shape[1] > self.prior.cfg.n_ctx:  # a finished row: any draft
+                    q = torch.full((1, self.prior.cfg.l_bins), 1.0 / self.prior.cfg.l_bins)
+                else:
+                    q = (self.prior.logits(step, cond=cond)[:, -1] / self.temperature).softmax(-1)
+                d = torch.multinomial(q, 1, generator=generator)
+                tr.append(d)
+                pr.append(q)
+                seq = torch.cat([seq, d], 1)
+            toks.append(torch.cat(tr, 1))
+            probs.append(torch.stack(pr, 1))
         self.passes += gamma
-        return torch.cat(toks, 1), torch.stack(probs, 1)
+        return torch.cat(toks), torch.cat(probs)
 
 
 class UniformProposal:
@@ -250,18 +276,6 @@ class UniformProposal:
         self.v = v
 
 
-def _count_forwards(prior: Prior):
-    """Record (cache position before, chunk length) of every cached teacher forward."""
-    calls = []
-
-    def hook(mod, args, kwargs):
-        cache = kwargs.get("cache")
-        if cache is not None:
-            calls.append((cache.position, args[0].shape[1]))
-
-    return calls, prior.prior.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-
-
 @pytest.fixture(scope="module")
 def long_prior():
     """32-code windows, 8 codes, blocks of 8: row, column and previous-row layers."""
@@ -271,33 +285,30 @@ def long_prior():
 def test_a_proposal_equal_to_the_teacher_is_always_accepted(long_prior):
     b, length, gamma = 2, 32, 3
     sp = SpeculativeSampler(long_prior, proposal=TeacherProposal(long_prior), gamma=gamma)
-    calls, handle = _count_forwards(long_prior)
-    try:
-        g = torch.Generator().manual_seed(0)
-        upper = torch.randint(8, (b, 8), generator=g)
-        out = sp.sample_window(length, _empty(b), None, upper, g)
-    finally:
-        handle.remove()
+    engine = engine_for(long_prior, b)
+    calls0 = engine.calls
+    g = torch.Generator().manual_seed(0)
+    upper = torch.randint(8, (b, 8), generator=g)
+    out = sp.sample_window(length, _empty(b), None, upper, g)
     st = sp.stats
     assert out.shape == (b, length)
-    assert st.acceptance_rate >= 0.999 and st.reprimes == 0 and st.prime_passes == 0
-    # every teacher forward is a verification pass (no prefix to prime)
-    assert len(calls) == st.teacher_passes
-    assert st.tokens_per_pass == length / st.teacher_passes
-    # all accepted: a round gives its drafts + the bonus (γ + 1), less where clipped at blocks
-    assert st.tokens_per_pass > 2.5
+    assert st.acceptance_rate >= 0.999 and st.prime_passes == 0
+    # one call of the engine per round, every call a verification (no prefix to prime)
+    assert engine.calls - calls0 == st.teacher_passes == st.rounds
+    # all accepted: a round gives its drafts + the bonus (γ + 1) across block boundaries too
+    assert st.tokens_per_pass == gamma + 1 and st.rounds == length / (gamma + 1)
 
 
 @pytest.mark.parametrize(
     "attn_order, gamma, n_prefix, top_k",
-    [(2, 3, 0, 0), (2, 6, 5, 0), (2, 7, 13, 3), (0, 5, 4, 0)],
+    [(2, 3, 0, 0), (2, 6, 5, 0), (2, 7, 13, 3), (2, 8, 3, 0), (0, 5, 4, 0)],
 )
 def test_rewinds_across_blocks_keep_the_teachers_logits(
     long_prior, attn_order, gamma, n_prefix, top_k
 ):
     """The logits each produced code was verified with equal the teacher-forced logits of the
-    final window: rewinds after rejections, block boundaries and the bonus positions are all
-    consistent. The cache is primed once (prefix) and never re-primed."""
+    final window, row by row: rewinds after rejections (rows at different positions), block
+    boundaries and the bonus positions are all consistent. The cache is primed once (prefix)."""
     prior = long_prior
     if attn_order == 0:
         prior = make_prior(upsampler_cfg(n_ctx=32, l_bins=8, attn_order=0), seed=4)
@@ -309,32 +320,28 @@ def test_rewinds_across_blocks_keep_the_teachers_logits(
         top_k=top_k,
         temperature=0.9,
         chunk_size=3,
-        on_logits=lambda t, z: seen.__setitem__(t, z.clone()),
+        on_logits=lambda r, t, z: seen.__setitem__((r, t), z.clone()),
     )
     b = 3
     g = torch.Generator().manual_seed(attn_order * 100 + gamma)
     upper = torch.randint(8, (b, 8), generator=g)
     prefix = torch.randint(8, (b, n_prefix), generator=g)
-    calls, handle = _count_forwards(prior)
-    try:
-        out = sp.sample_window(32, prefix, None, upper, g)
-    finally:
-        handle.remove()
+    engine = engine_for(prior, b)
+    calls0 = engine.calls
+    out = sp.sample_window(32, prefix, None, upper, g)
     assert torch.equal(out[:, :n_prefix], prefix)
     with torch.no_grad():
         want = prior.logits(out, upper=upper)
-    assert sorted(seen) == list(range(n_prefix, 32))
-    for t, z in seen.items():
-        torch.testing.assert_close(z, want[:, t], atol=1e-4, rtol=1e-4)
+    assert sorted(seen) == [(r, t) for r in range(b) for t in range(n_prefix, 32)]
+    for (r, t), z in seen.items():
+        torch.testing.assert_close(z, want[r, t], atol=1e-4, rtol=1e-4)
     st = sp.stats
-    assert st.reprimes == 0 and st.evaluated > st.accepted  # rejections (and rewinds) happened
+    assert st.evaluated > st.accepted  # rejections (and rewinds) happened
     assert st.prime_passes == -(-n_prefix // 3)  # chunks of 3, once
-    assert len(calls) == st.prime_passes + st.teacher_passes
-    bc = 8
-    for pos, n in calls[st.prime_passes :]:
-        assert n <= gamma + 1
-        if attn_order == 2 and n > 1:  # every rewind target inside one block
-            assert (pos + 1) // bc == (pos + n - 1) // bc, (pos, n)
+    assert engine.calls - calls0 == st.prime_passes + st.teacher_passes
+    assert max(st.gammas) <= gamma
+    # one call per round, or two when γ + 1 queries exceed a block (8)
+    assert st.teacher_passes == st.rounds + (st.gammas.get(8, 0) if attn_order else 0)
     if top_k:
         # codes outside the teacher's top-k are never produced
         ranks = want.argsort(-1, descending=True).argsort(-1).gather(-1, out[..., None])[..., 0]
@@ -352,15 +359,20 @@ def test_lyric_top_priors_verify_with_the_exact_logits(lyrics):
     labels = torch.cat([torch.tensor([[8000 * 3, 0, cfg.sample_length, 1, 2, -1]]), lyr], 1)
     seen = {}
     sp = SpeculativeSampler(
-        prior, proposal=UniformProposal(cfg.l_bins), gamma=4, on_logits=seen.__setitem__
+        prior,
+        proposal=UniformProposal(cfg.l_bins),
+        gamma=4,
+        on_logits=lambda r, t, z: seen.__setitem__((r, t), z),
     )
-    prefix = torch.randint(cfg.l_bins, (1, 3), generator=g)
+    b = 2  # prime layers: the rows advance in lockstep
+    prefix = torch.randint(cfg.l_bins, (b, 3), generator=g)
+    labels = labels.expand(b, -1)
     out = sp.sample_window(20, prefix, labels, None, g)
     with torch.no_grad():
         want = prior.logits(out, labels=labels)
-    for t, z in seen.items():
-        torch.testing.assert_close(z, want[:, t], atol=1e-4, rtol=1e-4)
-    assert sorted(seen) == list(range(3, 20)) and sp.stats.reprimes == 0
+    for (r, t), z in seen.items():
+        torch.testing.assert_close(z, want[r, t], atol=1e-4, rtol=1e-4)
+    assert sorted(seen) == [(r, t) for r in range(b) for t in range(3, 20)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,6 +419,44 @@ def test_tokens_per_pass_follow_the_acceptance_formula():
     assert expected_tokens_per_pass(0.0, gamma) == 1.0
 
 
+def test_best_gamma_trades_acceptance_against_the_cost_of_a_round():
+    def flat(n: int) -> float:  # a call costs the same whatever its queries (launch bound)
+        return 1.0
+
+    # cheap drafts and a confident student: long rounds pay
+    assert best_gamma(0.9, 0.01, flat, 0.0, 12) >= 8
+    # a poor student: one draft is already mostly wasted
+    assert best_gamma(0.1, 0.3, flat, 0.0, 12) == 1
+    # drafts as costly as a verification: no γ > 1 pays at α = 0.5
+    assert best_gamma(0.5, 1.0, flat, 0.0, 12) == 1
+    # the predicted speedup is tokens per round over the round's cost in exact steps
+    assert predicted_speedup(0.0, 3, 0.0, 1.0, 0.0, 1.0) == 1.0
+    assert abs(predicted_speedup(0.8, 4, 0.1, 1.0, 0.0, 1.0) - 3.3616 / 1.4) < 1e-9
+
+
+def test_auto_gamma_explores_then_chooses_and_stays_exact(long_prior):
+    """``gamma="auto"``: γ = 2 then 6 for four rounds each, then the measured best in 1 … 8 (the
+    prior's block); the teacher's logits of every code are still exact."""
+    seen = {}
+    sp = SpeculativeSampler(
+        long_prior,
+        proposal=UniformProposal(8),
+        gamma="auto",
+        on_logits=lambda r, t, z: seen.__setitem__((r, t), z.clone()),
+    )
+    g = torch.Generator().manual_seed(5)
+    upper = torch.randint(8, (2, 8), generator=g)
+    out = sp.sample_window(32, _empty(2), None, upper, g)
+    with torch.no_grad():
+        want = long_prior.logits(out, upper=upper)
+    for (r, t), z in seen.items():
+        torch.testing.assert_close(z, want[r, t], atol=1e-4, rtol=1e-4)
+    st = sp.stats
+    assert st.gammas.get(2, 0) >= 4 and st.gammas.get(6, 0) >= 1  # (and clipped at the end)
+    assert set(st.seconds) == {"draft", "verify", "accept", "rewind"}
+    assert st.rounds > 8 and 1 <= sp.gamma <= 8
+
+
 # ---------------------------------------------------------------------------------------------
 # the students' spans and the proposals
 
@@ -438,8 +488,8 @@ def test_a_local_span_with_the_prefix_forced_equals_the_whole_window(long_prior,
 
 
 def test_categorical_drafts_are_draws_from_their_q(long_prior):
-    """The proposal's q is the final stage on accepted prefix + latest guess, and the drafts are
-    Gumbel-max draws from it: over many draws their frequencies follow q."""
+    """The proposal's q is the final stage on the accepted prefix, and the drafts are Gumbel-max
+    draws from it: over many draws their frequencies follow q."""
     student = make_student(long_prior, "categorical", seed=8)
     prop = CategoricalProposal(student, temperature=0.8)
     g = torch.Generator().manual_seed(0)
@@ -447,19 +497,29 @@ def test_categorical_drafts_are_draws_from_their_q(long_prior):
     codes = torch.randint(8, (1, 32), generator=g).expand(n, -1).clone()
     upper = torch.randint(8, (1, 8), generator=g).expand(n, -1)
     with torch.no_grad():
-        prop.begin(codes, 10, None, upper, g)
-        prop.guess[:] = prop.guess[:1]  # one guess for all rows: the same q in every row
-        d, q = prop.draft(codes, 10, 1, g)
-    assert torch.allclose(q[0], q[-1]) and d.shape == (n, 1) and prop.passes == 2 + 1
+        prop.begin(codes, 10, None, upper, g)  # the same prefix: the same q in every row
+        d, q = prop.draft(codes, [10] * n, 1, g)
+    assert torch.allclose(q[0], q[-1]) and d.shape == (n, 1) and prop.passes == 1 + 1
     freq = np.bincount(d[:, 0].numpy(), minlength=8)
-    keep = q[0, 0].numpy() * n >= 5
-    obs, exp = freq[keep], q[0, 0].numpy()[keep] * n
+    qn = q[0, 0].double().numpy()
+    keep = qn * n >= 5
+    obs, exp = freq[keep], qn[keep] * n
     assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 0.01
 
 
 def test_bad_settings_are_clear_errors(prior, students, long_prior):
     with pytest.raises(ConfigError, match="gamma"):
         SpeculativeSampler(prior, students["categorical"], gamma=0)
+    with pytest.raises(ConfigError, match="gamma"):
+        SpeculativeSampler(prior, students["categorical"], gamma="fast")
+    assert parse_gamma("auto") == "auto" and parse_gamma(" 7 ") == 7 and parse_gamma(3) == 3
+    for bad in ("0", "2.5", 65, True, None):
+        with pytest.raises(ConfigError, match="gamma must be"):
+            parse_gamma(bad)
+    with pytest.raises(ConfigError, match="at most 8"):  # blocks of 8: at most 8 drafts
+        SpeculativeSampler(long_prior, proposal=UniformProposal(8), gamma=9).sample_window(
+            32, _empty(1), None, torch.zeros(1, 8, dtype=torch.long)
+        )
     with pytest.raises(ConfigError, match="needs a student"):
         SpeculativeSampler(prior)
     with pytest.raises(ConfigError, match="bins"):
