@@ -411,24 +411,26 @@ class DecodingEngine:
     def _span(self, p0: int, n: int) -> _Span:
         """The pieces and masks of an eager call of ``n`` queries from host position ``p0``."""
         span = _Span(p0=p0, n=n)
-        dev = self.device
         if AttnKind.DENSE in self.kinds and n > 1:
-            span.dense_mask = torch.arange(p0 + n, device=dev) <= (
-                p0 + torch.arange(n, device=dev)[:, None]
-            )
+            span.dense_mask = self._causal(p0, n)
         if self.bc:
             j = 0
             while j < n:
                 blk, i0 = divmod(p0 + j, self.bc)
                 length = min(n - j, self.bc - i0)
-                mask = None
-                if length > 1:
-                    mask = torch.arange(i0 + length, device=dev) <= (
-                        i0 + torch.arange(length, device=dev)[:, None]
-                    )
+                mask = self._causal(i0, length) if length > 1 else None
                 span.pieces.append((j, j + length, blk, i0, mask))
                 j += length
         return span
+
+    def _causal(self, k0: int, n: int) -> Tensor:
+        """The additive mask ``(n, k0 + n)`` of n queries after ``k0`` keys: query j sees keys
+        ``<= k0 + j`` (0 there, −inf elsewhere; additive in the weights' dtype, so attention
+        does not convert a boolean mask in every layer)."""
+        ar = torch.arange(k0 + n, device=self.device)
+        seen = ar <= (k0 + torch.arange(n, device=self.device))[:, None]
+        mask = torch.zeros(n, k0 + n, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(~seen, float("-inf"))
 
     # -- positions -------------------------------------------------------------------------------
 
@@ -535,13 +537,16 @@ class DecodingEngine:
 
     @staticmethod
     def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-        """Softmax attention ``(..., Nq, Dh) x (..., Nk, Dh)``; ``mask`` True = attend. The
-        softmax is fp32: SDPA for fp32 weights, the explicit product for half precision."""
+        """Softmax attention ``(..., Nq, Dh) x (..., Nk, Dh)``; ``mask`` boolean (True =
+        attend) or additive (0 / −inf). The softmax is fp32: SDPA for fp32 weights, the explicit
+        product for half precision."""
         if q.dtype == torch.float32:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         w = torch.matmul(q, k.transpose(-1, -2)).float() * scale
-        if mask is not None:
+        if mask is not None and mask.dtype == torch.bool:
             w = w.masked_fill(~mask, float("-inf"))
+        elif mask is not None:
+            w = w + mask.float()
         return torch.matmul(w.softmax(dim=-1).to(v.dtype), v)
 
     @staticmethod
@@ -669,8 +674,11 @@ class DecodingEngine:
                 start = i0 * nbs + blk
                 kv[:, :, :, start : start + (m - 1) * nbs + 1 : nbs].copy_(newp)
                 cols = kv.narrow(3, i0 * nbs, m * nbs).unflatten(3, (m, nbs))[..., : blk + 1, :]
-                a = self._attend(qp.unsqueeze(3), cols[0], cols[1], None, scale)
-                outs.append(a.squeeze(3))
+                # each query its own column: (B, H·m) "heads" of one query each
+                k = cols[0].reshape(b, heads * m, blk + 1, dh)
+                v = cols[1].reshape(b, heads * m, blk + 1, dh)
+                a = self._attend(qp.reshape(b, heads * m, 1, dh), k, v, None, scale)
+                outs.append(a.view(b, heads, m, dh))
             else:  # PREV_ROW
                 kv.narrow(3, (blk % 3) * bc + i0, m).copy_(newp)
                 if blk == 0:  # the reference attends to a zero block: exactly 0
