@@ -76,18 +76,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import math  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.table import Table as RichTable  # noqa: E402
 
+from benchmarks.tables import Table  # noqa: E402
 from distill.pipeline import FastJukebox  # noqa: E402
 from distill.speculative import (  # noqa: E402
     DEFAULT_GAMMA,
@@ -122,56 +121,6 @@ GOAL_KL = 0.2
 GOAL_CODES_PER_PASS = 3.0
 GOAL_ROUND_OVER_STEP = 1.3
 GOAL_PROJECTED = 2.5
-
-
-# ---------------------------------------------------------------------------------------------
-# tables: one definition, printed with rich and written as markdown
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-    note: str = ""
-
-    def add(self, *cells: Any) -> None:
-        self.rows.append([c if isinstance(c, str) else fmt(c) for c in cells])
-
-    def rich(self) -> RichTable:
-        t = RichTable(title=self.title, caption=self.note or None, caption_justify="left")
-        for i, c in enumerate(self.columns):
-            t.add_column(c, justify="left" if i == 0 else "right")
-        for r in self.rows:
-            t.add_row(*r)
-        return t
-
-    def markdown(self) -> str:
-        lines = [f"### {self.title}", ""]
-        lines.append("| " + " | ".join(self.columns) + " |")
-        lines.append("|" + "|".join("---" for _ in self.columns) + "|")
-        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
-        if self.note:
-            lines += ["", self.note]
-        return "\n".join(lines) + "\n"
-
-
-def fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return str(x)
-        if abs(x) >= 1000:
-            return f"{x:.0f}"
-        if x != 0 and abs(x) < 10 ** -(digits - 1):
-            return f"{x:.{digits}g}"
-        return f"{x:.{digits}f}"
-    return str(x)
 
 
 # ---------------------------------------------------------------------------------------------

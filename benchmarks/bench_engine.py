@@ -87,22 +87,21 @@ import argparse  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
 import logging  # noqa: E402
-import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.table import Table as RichTable  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from benchmarks.bench_sampling import _port_dense_fixed  # noqa: E402
 from benchmarks.bench_sampling import build as build_bench_pair  # noqa: E402
 from benchmarks.bench_sampling import labels as bench_labels  # noqa: E402
+from benchmarks.tables import Table  # noqa: E402
 from teacher.data.labels import make_label  # noqa: E402
 from teacher.generate.engine import NOISE_BLOCK, DecodingEngine  # noqa: E402
 from teacher.generate.sampler import gumbel_noise  # noqa: E402
@@ -139,50 +138,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 BATCHES = (1, 16)
 DEMO_BATCHES = (1, 4)
 METHODS = ("(a) engine eager", "(b) engine static", "(c) today", "(d) 2020 port")
-
-
-# ---------------------------------------------------------------------------------------------
-# tables: one definition, printed with rich and written as markdown
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-    note: str = ""
-
-    def add(self, *cells: Any) -> None:
-        self.rows.append([c if isinstance(c, str) else fmt(c) for c in cells])
-
-    def rich(self) -> RichTable:
-        t = RichTable(title=self.title, caption=self.note or None, caption_justify="left")
-        for i, c in enumerate(self.columns):
-            t.add_column(c, justify="left" if i == 0 else "right")
-        for r in self.rows:
-            t.add_row(*r)
-        return t
-
-    def markdown(self) -> str:
-        lines = [f"### {self.title}", ""]
-        lines.append("| " + " | ".join(self.columns) + " |")
-        lines.append("|" + "|".join("---" for _ in self.columns) + "|")
-        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
-        if self.note:
-            lines += ["", self.note]
-        return "\n".join(lines) + "\n"
-
-
-def fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return str(x)
-        return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:.0f}"
-    return str(x)
 
 
 def _gib(n: float | None) -> str:
