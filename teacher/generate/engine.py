@@ -563,19 +563,29 @@ class DecodingEngine:
         grid = kv.view(two, b, h, bc, nbs, dh)
         return grid[:, self._rows[:, None], :, cols].permute(2, 0, 3, 1, 4, 5)
 
+    def _project(
+        self, attn: FactoredAttention, kv: Tensor, x: Tensor, b: int, n: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x`` ``Tensor[B·N, D]`` -> the queries ``(B, H, N, Dh)`` and the new keys and
+        values ``(2, B, H, N, Dh)``; for cross-attention (keys and values fixed per window) the
+        attended output ``Tensor[B·N, S]`` and None."""
+        heads, dh = attn.heads, attn.head_dim
+        if attn.kind == AttnKind.CROSS:
+            q = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, heads, dh).transpose(1, 2)
+            a = self._attend(q, kv[0], kv[1], None, attn.scale)
+            return a.transpose(1, 2).reshape(b * n, heads * dh), None
+        qkv = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, 3, heads, dh)
+        return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1:].permute(2, 0, 3, 1, 4)
+
     def _attention(
         self, attn: FactoredAttention, kv: Tensor, x: Tensor, geo: _Geometry, b: int, n: int
     ) -> Tensor:
         """One layer's attention of ``x`` ``Tensor[B·N, D]`` -> ``Tensor[B·N, S]``: write the
         new keys/values at their slots, attend over the buffer (or gathered slots) masked."""
         heads, dh, kind, scale = attn.heads, attn.head_dim, attn.kind, attn.scale
-        if kind == AttnKind.CROSS:
-            q = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, heads, dh).transpose(1, 2)
-            a = self._attend(q, kv[0], kv[1], None, scale)
-            return a.transpose(1, 2).reshape(b * n, heads * dh)
-        qkv = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, 3, heads, dh)
-        q = qkv[:, :, 0].transpose(1, 2)  # (B, H, N, Dh)
-        new = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)  # (2, B, H, N, Dh)
+        q, new = self._project(attn, kv, x, b, n)
+        if new is None:  # cross-attention: attended already
+            return q
         if kind == AttnKind.DENSE:
             self._write(kv, geo.p, new)
             a = self._attend(q, kv[0], kv[1], geo.dense_mask, scale)
@@ -649,13 +659,9 @@ class DecodingEngine:
         the same layouts written and read as views, one piece per block the queries touch."""
         heads, dh, kind, scale, bc = attn.heads, attn.head_dim, attn.kind, attn.scale, self.bc
         n, p0 = span.n, span.p0
-        if kind == AttnKind.CROSS:
-            q = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, heads, dh).transpose(1, 2)
-            a = self._attend(q, kv[0], kv[1], None, scale)
-            return a.transpose(1, 2).reshape(b * n, heads * dh)
-        qkv = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, 3, heads, dh)
-        q = qkv[:, :, 0].transpose(1, 2)  # (B, H, N, Dh)
-        new = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)  # (2, B, H, N, Dh)
+        q, new = self._project(attn, kv, x, b, n)
+        if new is None:  # cross-attention: attended already
+            return q
         if kind == AttnKind.DENSE:
             kv.narrow(3, p0, n).copy_(new)
             keys = kv.narrow(3, 0, p0 + n)
