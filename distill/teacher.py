@@ -125,6 +125,9 @@ def load_teacher(
         log.warning("%s has no %s: cannot check it belongs to %s", prior_dir, link.name, vq_dir)
     if (prior_dir / VOCAB_FILE).is_file():
         vocab = Vocab.load(str(prior_dir))
+        if prior_cfg.labels is not None:  # ids beyond the tables: another model's vocabulary
+            lab = prior_cfg.labels
+            vocab.check_rows(lab.artist_bins, lab.genre_bins, str(prior_dir / VOCAB_FILE))
     else:
         vocab = None
         log.warning("%s has no %s: the code cache's vocabulary is used", prior_dir, VOCAB_FILE)

@@ -96,6 +96,34 @@ EXPORT_NAME = "student"
 # the trainer
 
 
+def resolve_student_config(
+    student_cfg: StudentConfig | None,
+    dcfg: DistillConfig,
+    prior_cfg: Any,
+    vq_cfg: VQVAEConfig,
+) -> StudentConfig:
+    """The student config a distillation runs with: ``student_cfg`` (a resumed run's or the
+    caller's) or the preset's for the teacher, with the run's loss weights; checked against the
+    teacher (geometry, conditioning, the Gaussian code space, the window). One
+    :class:`ConfigError` for the first mismatch."""
+    if student_cfg is None:
+        student_cfg = student_config_from_preset(dcfg, prior_cfg, vq_cfg)
+    if student_cfg.family != dcfg.family:
+        raise ConfigError(f"the student config is {student_cfg.family}, not {dcfg.family}")
+    student_cfg = dataclasses.replace(
+        student_cfg, loss=loss_config_for(dcfg, student_cfg.loss)
+    ).validate()
+    student_cfg.check_teacher(prior_cfg)
+    if student_cfg.family == "gaussian" and student_cfg.gaussian.code_space == "vqvae":
+        if student_cfg.gaussian.code_dim != vq_cfg.emb_width:
+            raise ConfigError(
+                f"gaussian code_dim {student_cfg.gaussian.code_dim} != VQ-VAE emb_width "
+                f"{vq_cfg.emb_width}"
+            )
+    _check_window(student_cfg, prior_cfg, dcfg.n_ctx or prior_cfg.n_ctx)
+    return student_cfg
+
+
 def _check_window(cfg: StudentConfig, prior_cfg: Any, n_ctx: int) -> None:
     ratio = cfg.upsample_ratio
     if n_ctx > prior_cfg.n_ctx:
@@ -146,6 +174,10 @@ def distill(
     run_cfg.validate()
     dcfg = distill_cfg.validate()
     data_cfg.validate()
+    if run_cfg.gradient_checkpointing:
+        from distill.dry_run import GRADIENT_CHECKPOINTING_NO_EFFECT
+
+        raise ConfigError(GRADIENT_CHECKPOINTING_NO_EFFECT)
     level = dcfg.level
     prior_dir, vq_dir = teacher_paths(teacher_dir, level)
     prior_cfg = read_model_config(prior_dir, PriorConfig, "prior")
@@ -161,22 +193,8 @@ def distill(
                 f"{resume} distils another teacher ({read_json(link)['prior']}); "
                 f"{prior_dir} has different weights"
             )
-    elif student_cfg is None:
-        student_cfg = student_config_from_preset(dcfg, prior_cfg, vq_cfg)
-    if student_cfg.family != dcfg.family:
-        raise ConfigError(f"the student config is {student_cfg.family}, not {dcfg.family}")
-    student_cfg = dataclasses.replace(
-        student_cfg, loss=loss_config_for(dcfg, student_cfg.loss)
-    ).validate()
-    student_cfg.check_teacher(prior_cfg)
-    if student_cfg.family == "gaussian" and student_cfg.gaussian.code_space == "vqvae":
-        if student_cfg.gaussian.code_dim != vq_cfg.emb_width:
-            raise ConfigError(
-                f"gaussian code_dim {student_cfg.gaussian.code_dim} != VQ-VAE emb_width "
-                f"{vq_cfg.emb_width}"
-            )
+    student_cfg = resolve_student_config(student_cfg, dcfg, prior_cfg, vq_cfg)
     n_ctx = dcfg.n_ctx or prior_cfg.n_ctx
-    _check_window(student_cfg, prior_cfg, n_ctx)
     window = n_ctx * prior_cfg.hop_length
     version = (
         Vocab.load(str(prior_dir)).version
@@ -205,6 +223,10 @@ def distill(
     with accelerator.main_process_first():
         cache = build_code_cache(vq_dir, data_cfg, dcfg.code_cache_dir, progress=main)
     vocab = teacher.vocab or cache.vocab
+    if teacher.vocab is None and prior_cfg.labels is not None:  # e.g. converted without --vocab
+        lab = prior_cfg.labels
+        where = f"the data's vocabulary (used as {prior_dir} has no {VOCAB_FILE})"
+        vocab.check_rows(lab.artist_bins, lab.genre_bins, where)
     dataset = CodeDataset(cache, level, n_ctx, label_cfg, seed=data_cfg.seed, vocab=vocab)
 
     # -- the student and its loss step; the loop is teacher.train.loop --------------------------
@@ -361,6 +383,13 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
         typed = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
         p.add_argument(f"--{name}", default=getattr(d, name), help=text, **typed)
     p.add_argument("--code_cache_dir", default=None, help="code cache folder (default ~/.cache)")
+    p.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="read only the teacher's configs, build teacher and student on the meta device, "
+        "check one step's shapes and print its memory plan (OUTPUT_DIR/dry_run.json); no data "
+        "is read and nothing is allocated",
+    )
     add_train_args(p)
 
 
@@ -410,13 +439,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> Path:
-    """Distil from parsed arguments (shared by the console script); returns the student folder."""
-    return distill(**distill_configs_from_args(args))
+    """Distil from parsed arguments (shared by the console script); returns the student folder
+    (with ``--dry_run``: the plan file, see :mod:`distill.dry_run`)."""
+    kwargs = distill_configs_from_args(args)
+    if getattr(args, "dry_run", False):
+        from distill.dry_run import dry_run
+
+        return dry_run(kwargs["teacher_dir"], kwargs["distill_cfg"], kwargs["run_cfg"])
+    return distill(**kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m distill.train``: exit status 0, or 2 with one error line."""
-    return run_main(build_parser(), run, argv, "student")
+    return run_main(build_parser(), _main_run, argv)
+
+
+def _main_run(args: argparse.Namespace) -> int:
+    out = run(args)
+    log.info("%s written to %s", "dry-run plan" if args.dry_run else "student", out)
+    return 0
 
 
 if __name__ == "__main__":

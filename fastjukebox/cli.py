@@ -380,7 +380,7 @@ def _run_distill(args: argparse.Namespace) -> int:
     from distill.train import run
 
     out = run(args)
-    log.info("student written to %s", out)
+    log.info("%s written to %s", "dry-run plan" if args.dry_run else "student", out)
     return 0
 
 

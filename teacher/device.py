@@ -48,6 +48,15 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def has_values(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds data the host can read: False for meta tensors and for the fake
+    tensors of shape-only runs (:mod:`teacher.train.memory`, the distillation dry run), where
+    checks of values (ids in range, ...) are skipped and only shapes are checked."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return t.device.type != "meta" and not is_fake(t)
+
+
 def add_device_args(parser: Any) -> None:
     """``--device`` (default ``auto``) and ``--dtype`` (default ``float32``) of a command."""
     parser.add_argument(
@@ -61,4 +70,4 @@ def add_device_args(parser: Any) -> None:
     )
 
 
-__all__ = ["DTYPES", "add_device_args", "resolve_device", "resolve_dtype"]
+__all__ = ["DTYPES", "add_device_args", "has_values", "resolve_device", "resolve_dtype"]

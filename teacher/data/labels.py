@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 VOCAB_FILE = "vocab.json"
+#: the report of the names a fine-tuning run added to its model's vocabulary (output folder)
+VOCAB_ADDED_FILE = "vocab_added.json"
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,86 @@ class Vocab:
             raise ConfigError(
                 f"{path}: not an artist/genre vocabulary ({type(err).__name__}: {err})"
             ) from None
+
+    def check_rows(self, artist_rows: int, genre_rows: int, where: str) -> None:
+        """Raise :class:`ConfigError` naming ``where`` (the vocabulary's file) unless every id
+        has a row in embeddings of ``artist_rows`` artists and ``genre_rows`` genres."""
+        if self.n_artists > artist_rows or self.n_genres > genre_rows:
+            raise ConfigError(
+                f"{where} does not match the model's embedding tables: the {self.version} "
+                f"vocabulary has artist ids up to {self.n_artists - 1} and genre ids up to "
+                f"{self.n_genres - 1}, the model embeds {artist_rows} artists and {genre_rows} "
+                "genres (the vocabulary of another model?)"
+            )
+
+    def grow(self, names: Vocab, artist_rows: int, genre_rows: int) -> tuple[Vocab, VocabGrowth]:
+        """This vocabulary plus the names of ``names`` (e.g. a dataset's) it lacks, as new ids.
+
+        New ids are appended after the embedding tables (``artist_rows``/``genre_rows`` rows,
+        which must hold every id here: :meth:`check_rows`), in ``names``' id order, so every
+        existing id keeps its row. Both vocabularies must normalise names the same way (one
+        ``version``). Returns the grown vocabulary (``self`` is unchanged) and what was added.
+        """
+        if names.version != self.version:
+            raise ConfigError(
+                f"cannot add {names.version} names to a {self.version} vocabulary (names are "
+                "normalised differently): read the data with the model's version"
+            )
+        self.check_rows(artist_rows, genre_rows, "the vocabulary")
+
+        def added(own: dict[str, int], new: dict[str, int], start: int) -> dict[str, int]:
+            fresh = sorted((i, n) for n, i in new.items() if n != UNKNOWN and n not in own)
+            return {n: start + k for k, (_, n) in enumerate(fresh)}
+
+        artists = added(self.artists, names.artists, artist_rows)
+        genres = added(self.genres, names.genres, genre_rows)
+        grown = Vocab(self.version, {**self.artists, **artists}, {**self.genres, **genres})
+        growth = VocabGrowth(
+            artists,
+            genres,
+            (artist_rows, artist_rows + len(artists)),
+            (genre_rows, genre_rows + len(genres)),
+        )
+        return grown, growth
+
+
+@dataclass(frozen=True)
+class VocabGrowth:
+    """What :meth:`Vocab.grow` added.
+
+    Attributes:
+        artists, genres: each new (normalised) name -> its new id.
+        artist_rows, genre_rows: the embedding rows ``(before, after)``.
+    """
+
+    artists: dict[str, int]
+    genres: dict[str, int]
+    artist_rows: tuple[int, int]
+    genre_rows: tuple[int, int]
+
+    def summary(self) -> str:
+        """One line: the new names with their ids and the rows before -> after."""
+
+        def names(kind: str, new: dict[str, int], rows: tuple[int, int]) -> str:
+            listed = ", ".join(f"{n!r} -> {i}" for n, i in new.items())
+            plural = "" if len(new) == 1 else "s"
+            shown = f" ({listed})" if new else ""
+            return f"{len(new)} new {kind}{plural}{shown}, {rows[0]} -> {rows[1]} rows"
+
+        if not (self.artists or self.genres):
+            return "vocabulary unchanged: it has every artist and genre of the data"
+        return (
+            f"vocabulary grown: {names('artist', self.artists, self.artist_rows)}; "
+            f"{names('genre', self.genres, self.genre_rows)}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artists": self.artists,
+            "genres": self.genres,
+            "artist_rows": list(self.artist_rows),
+            "genre_rows": list(self.genre_rows),
+        }
 
 
 # ---------------------------------------------------------------------------------------------

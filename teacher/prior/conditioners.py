@@ -21,12 +21,14 @@ Shapes: label vectors ``LongTensor[B, 4 + G]``, codes ``LongTensor[B, T]``, outp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from teacher.device import has_values
 from teacher.prior.attention import LayerNorm
 from teacher.prior.config import LabelConditionerConfig, UpsamplerConditionerConfig
 from teacher.vqvae.modules import ResConv1DBlock, resnet_dilations
@@ -47,6 +49,23 @@ class SimpleEmbedding(nn.Module):
         """LongTensor[B, K] with ids in ``[0, bins)`` -> Tensor[B, K, D]."""
         _check_ids(ids, self.bins, "label id")
         return self.emb(ids)
+
+    @torch.no_grad()
+    def grow(self, bins: int) -> None:
+        """Append rows up to ``bins`` (new names): the table ``[bins_old, D]`` becomes
+        ``[bins, D]`` with the old rows bit-identical and every new row a copy of row 0 (the
+        unknown name), so a new name starts out conditioning as "unknown" did. A new
+        parameter replaces the old one (build the optimiser afterwards)."""
+        if bins < self.bins:
+            raise ValueError(f"cannot shrink an embedding of {self.bins} rows to {bins}")
+        if bins == self.bins:
+            return
+        old = self.emb.weight
+        new = nn.Embedding(bins, old.shape[1], device=old.device, dtype=old.dtype)
+        new.weight[: self.bins] = old
+        new.weight[self.bins :] = old[0]
+        new.weight.requires_grad_(old.requires_grad)
+        self.emb, self.bins = new, bins
 
 
 class RangeEmbedding(nn.Module):
@@ -147,6 +166,14 @@ class LabelConditioner(nn.Module):
             self.relative_pos_emb = RangeEmbedding(
                 n_time, cfg.t_bins, (0.0, 1.0), width, init_scale, clamp=True
             )
+
+    def grow(self, artist_bins: int, genre_bins: int) -> None:
+        """Grow the artist and genre tables to ``artist_bins``/``genre_bins`` rows for new
+        names (:meth:`SimpleEmbedding.grow`: old rows untouched, new rows copies of the
+        unknown row 0) and record the new sizes in ``self.cfg``."""
+        self.artist_emb.grow(artist_bins)
+        self.bow_genre_emb.grow(genre_bins)
+        self.cfg = dataclasses.replace(self.cfg, artist_bins=artist_bins, genre_bins=genre_bins)
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor | None]:
         """Label vectors without lyrics ``LongTensor[B, 4 + G]`` ->
@@ -262,7 +289,7 @@ class UpsamplerConditioner(nn.Module):
 
 def _check_ids(ids: Tensor, bins: int, what: str) -> None:
     """Raise ``ValueError`` unless every id is in ``[0, bins)`` (one host sync)."""
-    if ids.numel() and not bool(((ids >= 0) & (ids < bins)).all()):
+    if ids.numel() and has_values(ids) and not bool(((ids >= 0) & (ids < bins)).all()):
         bad = ids[(ids < 0) | (ids >= bins)]
         raise ValueError(f"{what} out of range [0, {bins}): {bad[:8].tolist()}")
 

@@ -22,6 +22,7 @@ shares the input embedding. Losses are in bits per token (cross-entropy / ln 2).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -32,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from teacher.config import ConfigError
+from teacher.device import has_values
 from teacher.io import atomic_dir, load_model_weights, read_model_config, save_tensors
 from teacher.prior.attention import Conv1D, LayerNorm
 from teacher.prior.conditioners import LabelConditioner, UpsamplerConditioner
@@ -279,7 +282,9 @@ class Prior(nn.Module):
             start, x_cond = self.y_emb(meta)
             if cfg.n_tokens:
                 lyrics = labels[:, 4 + cfg.labels.max_genres :]
-                if not bool(((lyrics >= 0) & (lyrics < cfg.lyrics.n_vocab)).all()):
+                if has_values(lyrics) and not bool(
+                    ((lyrics >= 0) & (lyrics < cfg.lyrics.n_vocab)).all()
+                ):
                     raise ValueError(f"lyric tokens must be in [0, {cfg.lyrics.n_vocab})")
         elif labels is not None:
             raise ValueError("this prior is unlabelled: labels must be None")
@@ -295,6 +300,18 @@ class Prior(nn.Module):
         elif cfg.lyrics is not None and cfg.lyrics.style == "encoder":
             encoder_kv = self.encode_lyrics(lyrics)
         return Conditioning(start, x_cond, encoder_kv, lyrics, batch)
+
+    def grow_label_bins(self, artist_bins: int, genre_bins: int) -> None:
+        """Give new artist/genre ids rows (fine-tuning on names the vocabulary lacks): the
+        tables ``y_emb.artist_emb.emb.weight`` ``[artist_bins_old, D]`` and
+        ``y_emb.bow_genre_emb.emb.weight`` ``[genre_bins_old, D]`` grow to ``artist_bins``/
+        ``genre_bins`` rows, the old rows bit-identical, the new ones copies of row 0 (unknown;
+        :meth:`LabelConditioner.grow`), and ``self.cfg.labels`` records the new bins, so
+        :meth:`save_pretrained` writes a folder that reloads. Build the optimiser afterwards."""
+        if self.cfg.labels is None:
+            raise ConfigError("this prior is unlabelled: it has no artist/genre tables to grow")
+        self.y_emb.grow(artist_bins, genre_bins)
+        self.cfg = dataclasses.replace(self.cfg, labels=self.y_emb.cfg).validate()
 
     def encode_lyrics(self, lyrics: Tensor) -> Tensor:
         """Encoder style: lyric tokens ``LongTensor[B, n]`` -> states ``Tensor[B, n, D]``

@@ -31,8 +31,8 @@ from teacher.io import read_model_config
 from teacher.levels import level_index
 from teacher.presets import PRIOR_PRESETS, VQVAE_PRESETS, prior_preset
 from teacher.train.loop import LR_SCHEDULERS, MIXED_PRECISION, REPORT_TO, TrainConfig
-from teacher.train.prior import train_prior
-from teacher.train.vqvae import train_vqvae
+from teacher.train.prior import read_init_prior, train_prior
+from teacher.train.vqvae import init_vqvae_config, train_vqvae
 from teacher.vqvae.config import VQVAEConfig
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataloader_num_workers", type=int, default=d.dataloader_num_workers)
     p.add_argument("--logging_steps", type=int, default=d.logging_steps)
     p.add_argument("--report_to", choices=REPORT_TO, default=d.report_to)
+    p.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute each transformer block in the backward pass instead of keeping its "
+        "activations (priors only: the VQ-VAE and the distilled students have none)",
+    )
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -111,12 +117,47 @@ def data_config_from_args(args: argparse.Namespace, sample_rate: int, **fields: 
     )
 
 
+def add_init_from_arg(p: argparse.ArgumentParser, kind: str) -> None:
+    """``--init_from DIR``: fine-tune the ``kind`` model folder ``DIR``."""
+    p.add_argument(
+        "--init_from",
+        default=None,
+        metavar="DIR",
+        help=f"start from this {kind} model folder (fine-tuning: a converted teacher's part or "
+        "a run's model/); the architecture comes from its config.json (--preset is refused, "
+        "other architecture flags must agree), the training flags stay as given; "
+        "--resume_from_checkpoint takes precedence",
+    )
+
+
+def check_init_flags(args: argparse.Namespace, values: dict[str, Any]) -> None:
+    """With ``--init_from`` the architecture is the folder's: refuse ``--preset`` and any
+    architecture flag of ``values`` (flag name -> the folder's value) given another value."""
+    folder = args.init_from
+    if args.preset is not None:
+        raise ConfigError(
+            f"--preset {args.preset} and --init_from {folder} exclude each other: the "
+            f"architecture comes from {Path(folder) / 'config.json'}"
+        )
+    for name, value in values.items():
+        given = getattr(args, name)
+        if given is not None and given != value:
+            raise ConfigError(
+                f"--{name} {given} conflicts with --init_from {folder}, whose model has "
+                f"{name} {value}: fine-tuning keeps the folder's architecture (drop --{name})"
+            )
+
+
 def add_vqvae_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``train vqvae``."""
     add_data_args(p)
     p.add_argument(
-        "--preset", choices=sorted(VQVAE_PRESETS), default="small", help="VQ-VAE size preset"
+        "--preset",
+        choices=sorted(VQVAE_PRESETS),
+        default=None,
+        help="VQ-VAE size preset (default small; not with --init_from)",
     )
+    add_init_from_arg(p, "VQ-VAE")
     p.add_argument("--sample_rate", type=int, default=None, help="override the preset's rate")
     p.add_argument(
         "--sample_length", type=int, default=None, help="crop in samples (multiple of top hop)"
@@ -126,15 +167,19 @@ def add_vqvae_args(p: argparse.ArgumentParser) -> None:
 
 
 def vqvae_configs_from_args(args: argparse.Namespace) -> tuple[VQVAEConfig, Any, TrainConfig]:
-    """Build (model, data, run) configs from parsed ``train vqvae`` arguments."""
-
-    model_cfg = VQVAE_PRESETS[args.preset]()
-    overrides = {
-        k: getattr(args, k)
-        for k in ("sample_rate", "sample_length", "l_bins")
-        if getattr(args, k) is not None
-    }
-    model_cfg = dataclasses.replace(model_cfg, **overrides).validate()
+    """Build (model, data, run) configs from parsed ``train vqvae`` arguments (with
+    ``--init_from`` the model config is the folder's, ``--sample_length`` the training crop)."""
+    if getattr(args, "init_from", None) is not None:
+        model_cfg = init_vqvae_config(args.init_from, args.sample_length)
+        check_init_flags(args, {"sample_rate": model_cfg.sample_rate, "l_bins": model_cfg.l_bins})
+    else:
+        model_cfg = VQVAE_PRESETS[args.preset or "small"]()
+        overrides = {
+            k: getattr(args, k)
+            for k in ("sample_rate", "sample_length", "l_bins")
+            if getattr(args, k) is not None
+        }
+        model_cfg = dataclasses.replace(model_cfg, **overrides).validate()
     data_cfg = data_config_from_args(
         args, model_cfg.sample_rate, sample_length=model_cfg.sample_length
     )
@@ -159,10 +204,12 @@ def add_prior_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         choices=PRIOR_PRESETS,
-        default="small",
-        help="prior size preset; the level decides the conditioning (top: labels + timing "
-        "+ lyrics when --n_tokens > 0; upsamplers: upper codes + artist/genre labels)",
+        default=None,
+        help="prior size preset (default small; not with --init_from); the level decides the "
+        "conditioning (top: labels + timing + lyrics when --n_tokens > 0; upsamplers: upper "
+        "codes + artist/genre labels)",
     )
+    add_init_from_arg(p, "prior")
     p.add_argument("--n_ctx", type=int, default=None, help="codes per window (preset default)")
     p.add_argument(
         "--n_tokens",
@@ -170,7 +217,12 @@ def add_prior_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="lyric characters per window, top prior only; 0 = no lyrics (preset default)",
     )
-    p.add_argument("--lyric_version", choices=("v2", "v3"), default="v3")
+    p.add_argument(
+        "--lyric_version",
+        choices=("v2", "v3"),
+        default=None,
+        help="lyric tokenizer and name normalisation (default v3; with --init_from the model's)",
+    )
     p.add_argument(
         "--codes",
         choices=CODES_MODES,
@@ -196,14 +248,22 @@ def prior_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     vq_path = Path(args.vqvae)
     vq_cfg = read_model_config(vq_path, VQVAEConfig, "VQ-VAE")
     level = level_index(args.level, vq_cfg.levels)
-    prior_cfg = prior_preset(
-        args.preset, level, vq_cfg, args.n_ctx, args.n_tokens, args.lyric_version
-    )
+    init = None
+    if getattr(args, "init_from", None) is not None:
+        init = read_init_prior(args.init_from, level, vq_path, vq_cfg)
+        arch = {"n_ctx": init.cfg.n_ctx, "n_tokens": init.cfg.n_tokens}
+        check_init_flags(args, {**arch, "lyric_version": init.version})
+        prior_cfg, version = init.cfg, init.version
+    else:
+        version = args.lyric_version or "v3"
+        prior_cfg = prior_preset(
+            args.preset or "small", level, vq_cfg, args.n_ctx, args.n_tokens, version
+        )
     data_cfg = data_config_from_args(
         args,
         vq_cfg.sample_rate,
         sample_length=prior_cfg.sample_length,
-        labels=LabelConfig(lyric_version=args.lyric_version),
+        labels=LabelConfig(lyric_version=version),
     )
     return dict(
         prior_cfg=prior_cfg,
@@ -212,6 +272,7 @@ def prior_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         cfg=train_config_from_args(args),
         codes_mode=args.codes,
         code_cache_dir=args.code_cache_dir,
+        init_from=init,
     )
 
 
@@ -228,7 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> Path:
     """Run the stage named by parsed arguments (shared by the console script)."""
     if args.stage == "vqvae":
-        return train_vqvae(*vqvae_configs_from_args(args))
+        if getattr(args, "gradient_checkpointing", False):
+            raise ConfigError(
+                "--gradient_checkpointing: the VQ-VAE has no transformer blocks to recompute "
+                "(only the priors do: `train prior`)"
+            )
+        return train_vqvae(*vqvae_configs_from_args(args), init_from=args.init_from)
     if args.stage == "prior":
         return train_prior(**prior_configs_from_args(args))
     raise ConfigError(f"unknown stage {args.stage}")

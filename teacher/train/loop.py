@@ -80,6 +80,9 @@ class TrainConfig:
     dataloader_num_workers: int = 0
     logging_steps: int = 10
     report_to: str = "none"
+    #: recompute each transformer block in the backward pass instead of keeping its
+    #: activations (:func:`enable_gradient_checkpointing`; priors only)
+    gradient_checkpointing: bool = False
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` on the first bad value; return ``self``."""
@@ -105,6 +108,10 @@ class TrainConfig:
             raise ConfigError("--max_grad_norm must be > 0")
         if self.report_to not in REPORT_TO:
             raise ConfigError("--report_to must be none, tensorboard or wandb")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(
+                f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
+            )
         return self
 
 
@@ -132,13 +139,91 @@ def make_accelerator(cfg: TrainConfig, kwargs_handlers: Sequence[Any] | None = N
     """
     from accelerate import Accelerator
 
-    return Accelerator(
+    configured = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # DeepSpeed's engine clips (accelerate's clip_grad_norm_ does nothing there):
+        # --max_grad_norm reaches it unless the launcher's config names a gradient_clipping
+        os.environ.setdefault("ACCELERATE_GRADIENT_CLIPPING", str(cfg.max_grad_norm))
+    accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_dir=cfg.output_dir,
         kwargs_handlers=list(kwargs_handlers) if kwargs_handlers else None,
     )
+    if accelerator.is_main_process:
+        # the launcher always exports its setting ('no' by default): only a config asking for
+        # reduced precision the run flag does not is worth a word
+        if configured not in (None, "no") and configured != cfg.mixed_precision:
+            log.warning(
+                "the accelerate config asks for mixed precision %s, the run flag "
+                "--mixed_precision is %s: the run flag is used",
+                configured,
+                cfg.mixed_precision,
+            )
+        kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+        for env, name in (
+            ("ACCELERATE_USE_FSDP", "FSDP"),
+            ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED"),
+        ):
+            if os.environ.get(env, "false").lower() == "true" and kind != name:
+                log.warning(
+                    "the accelerate config asks for %s but accelerate runs %s here (it shards "
+                    "only on GPUs/accelerators; on CPUs an FSDP config runs as DDP and "
+                    "DeepSpeed is refused): every process holds the whole model",
+                    name,
+                    kind,
+                )
+    return accelerator
+
+
+def is_sharded(accelerator: Any) -> bool:
+    """Whether ``accelerator`` shards the model across processes (FSDP or DeepSpeed): the live
+    weights are then never whole on one rank, and exports go through
+    ``accelerator.get_state_dict`` (a collective every rank joins)."""
+    return str(accelerator.distributed_type).rsplit(".", 1)[-1] in ("FSDP", "DEEPSPEED")
+
+
+def checkpointable_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules of ``model`` that can recompute their blocks in the backward pass (those with
+    a boolean ``gradient_checkpointing`` attribute: the priors' transformers, including the
+    5b_lyrics lyric encoder)."""
+    return [
+        m for m in model.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)
+    ]
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module, name: str) -> int:
+    """Turn on gradient (activation) checkpointing in every :func:`checkpointable_modules` of
+    ``model``: each transformer block keeps only its input in the forward pass and is recomputed
+    in the backward pass (same gradients, about one more forward pass of compute). Returns the
+    number of transformers switched; a :class:`ConfigError` naming ``name`` when it has none."""
+    mods = checkpointable_modules(model)
+    if not mods:
+        raise ConfigError(
+            f"--gradient_checkpointing: {name} has no transformer blocks to recompute (only the "
+            "priors do: `train prior`)"
+        )
+    for m in mods:
+        m.gradient_checkpointing = True
+    return len(mods)
+
+
+def load_full_state(model: torch.nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Copy a full (gathered) state dict into ``model`` in place; a name missing from ``state`` is
+    accepted only when it is a tied alias of a parameter ``state`` holds (e.g. the prior's
+    ``x_out.weight`` = ``x_emb.weight``). Raises ``RuntimeError`` naming what does not fit."""
+    result = model.load_state_dict(dict(state), strict=False)
+    groups: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(n)
+    covered = {n for names in groups.values() if any(k in state for k in names) for n in names}
+    missing = [k for k in result.missing_keys if k not in covered]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"the gathered state dict does not fit the model: missing {missing[:5]}, "
+            f"unexpected {list(result.unexpected_keys)[:5]}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,11 +504,38 @@ class Job:
 
 def run_training(accelerator: Any, cfg: TrainConfig, job: Job, resume: Path | None = None) -> Path:
     """Train ``job`` for ``cfg.max_train_steps`` optimiser steps (from ``resume``, a complete
-    checkpoint folder, when given) and return the exported ``OUTPUT_DIR/<export_name>``."""
+    checkpoint folder, when given) and return the exported ``OUTPUT_DIR/<export_name>``.
+
+    ``cfg.gradient_checkpointing`` switches on :func:`enable_gradient_checkpointing`. Under a
+    sharding launcher config (FSDP, DeepSpeed: :func:`is_sharded`) the main process keeps a CPU
+    copy of the model (taken before ``prepare``) that every export and ``weight_digests`` entry
+    reads, refreshed from ``accelerator.get_state_dict`` (all ranks) before each checkpoint; the
+    training state itself is saved and restored by accelerate in the format the config names.
+    """
     from accelerate.utils import gather_object
 
     main = accelerator.is_main_process
     out_dir = Path(cfg.output_dir)
+    sharded = is_sharded(accelerator)
+    fsdp_plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if cfg.gradient_checkpointing and getattr(fsdp_plugin, "activation_checkpointing", False):
+        raise ConfigError(
+            "--gradient_checkpointing and the accelerate config's fsdp_activation_checkpointing "
+            "both recompute the transformer blocks: use one of them"
+        )
+    if cfg.gradient_checkpointing:
+        n_ckpt = enable_gradient_checkpointing(job.model, job.name)
+        if main:
+            log.info("gradient checkpointing on in %d transformer(s) of %s", n_ckpt, job.name)
+    if sharded and (job.ema_decay is not None or job.after_step is not None):
+        raise ConfigError(
+            f"{job.name} keeps an EMA/validates the live weights every step: run it with DDP "
+            f"(no FSDP or DeepSpeed config; accelerate runs {accelerator.distributed_type})"
+        )
+    # the whole model for exports under sharding (the live one is split across ranks)
+    shadow = (
+        copy.deepcopy(job.model).cpu().eval().requires_grad_(False) if sharded and main else None
+    )
     model, optimizer, loader, scheduler, generator = prepare_training(
         accelerator, job.model, job.dataset, cfg
     )
@@ -432,7 +544,15 @@ def run_training(accelerator: Any, cfg: TrainConfig, job: Job, resume: Path | No
     pos = restore_checkpoint(accelerator, resume)
     if ema is not None and resume is not None:
         ema.load_folder(resume / job.export_name, num_updates=pos.step)
-    exported = ema.model if ema is not None else unwrapped
+    exported = shadow if sharded else ema.model if ema is not None else unwrapped
+
+    def gather_weights() -> None:
+        """Sharded runs: every rank joins the gather, the main process's copy takes the weights."""
+        if sharded:
+            state = accelerator.get_state_dict(model)
+            if main:
+                load_full_state(shadow, state)
+
     if cfg.report_to != "none":
         accelerator.init_trackers(job.project or job.name, config=dict(job.tracker_config))
     metrics_log = MetricsLog(out_dir / METRICS_FILE, main)
@@ -442,7 +562,8 @@ def run_training(accelerator: Any, cfg: TrainConfig, job: Job, resume: Path | No
         job.export(exported, folder)
 
     def checkpoint_state() -> dict[str, Any]:
-        mine: dict[str, Any] = {"weight_digests": weights_digest(unwrapped)}
+        # sharded ranks hold different shards: one digest of the gathered weights instead
+        mine: dict[str, Any] = {} if sharded else {"weight_digests": weights_digest(unwrapped)}
         if ema is not None:
             mine["ema_digests"] = weights_digest(ema.model)
         if job.rank_state is not None:
@@ -454,6 +575,8 @@ def run_training(accelerator: Any, cfg: TrainConfig, job: Job, resume: Path | No
             if any(v != values[0] for v in values):
                 raise RuntimeError(f"{job.name}: {key} differ across ranks: {values}")
             state[key] = values
+        if sharded:
+            state["weight_digests"] = [weights_digest(shadow)] if main else []
         state["time"] = time.time()
         return state
 
@@ -491,11 +614,13 @@ def run_training(accelerator: Any, cfg: TrainConfig, job: Job, resume: Path | No
                 if cfg.report_to != "none":
                     accelerator.log(record, step=step)
             if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
+                gather_weights()
                 save_checkpoint(
                     accelerator, cfg, step, export, checkpoint_state(), export_name=job.export_name
                 )
     if pos.step == start_step:
         # nothing trained in this run (already at max_train_steps): export what was loaded
+        gather_weights()
         if main:
             with atomic_dir(out_dir / job.export_name) as folder:
                 export(folder)
@@ -514,6 +639,10 @@ __all__ = [
     "MetricsLog",
     "StepOutput",
     "TrainConfig",
+    "checkpointable_modules",
+    "enable_gradient_checkpointing",
+    "is_sharded",
+    "load_full_state",
     "lr_lambda",
     "make_accelerator",
     "prepare_training",

@@ -13,13 +13,14 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from teacher.config import ConfigError, config_to_dict
+from teacher.config import ConfigError, config_to_dict, read_json_object
 from teacher.io import atomic_write_json, model_fingerprint, read_json, resolve_resume
 from teacher.levels import level_name
 from teacher.train.loop import Job, StepOutput, TrainConfig, make_accelerator, run_training
@@ -28,6 +29,121 @@ log = logging.getLogger(__name__)
 
 #: the file in a prior's model folder naming the VQ-VAE whose codes it models
 VQVAE_LINK_FILE = "vqvae.json"
+
+
+@dataclass(frozen=True)
+class InitPrior:
+    """A prior model folder a run starts from (``--init_from``: fine-tuning), checked by
+    :func:`read_init_prior`.
+
+    Attributes:
+        folder: the model folder (``config.json`` + safetensors, maybe ``vocab.json`` and
+            ``vqvae.json``): a converted released teacher's ``top/``, ``middle/`` or ``bottom/``,
+            or one of our runs' ``model/``.
+        cfg: its config: the architecture of the run.
+        version: ``"v2"`` or ``"v3"``: the lyric tokenizer and the artist/genre normalisation of
+            the model (from its lyric vocabulary, else its ``vocab.json``, else
+            :func:`teacher.presets.label_version`).
+        vocab: its ``vocab.json``, ``None`` when it has none (a teacher converted without
+            ``--vocab``: every name of the data is then new).
+    """
+
+    folder: Path
+    cfg: Any
+    version: str
+    vocab: Any
+
+
+def _codes_vqvae(folder: Path) -> tuple[str, str] | None:
+    """``(path, fingerprint)`` of the VQ-VAE whose codes the prior in ``folder`` models: its
+    ``vqvae.json``, else the ``vqvae/`` beside it in a teacher folder (a converted released
+    teacher has no ``vqvae.json``); ``None`` when neither says."""
+    from teacher.io import ModelFolderError
+
+    link = folder / VQVAE_LINK_FILE
+    if link.is_file():
+        data = read_json_object(link, ModelFolderError)
+        if isinstance(data.get("fingerprint"), str):
+            return str(data.get("path")), data["fingerprint"]
+        return None
+    sibling = folder.parent / "vqvae"
+    if (sibling / "config.json").is_file():
+        return str(sibling), model_fingerprint(sibling)
+    return None
+
+
+def read_init_prior(
+    folder: str | os.PathLike, level: int, vqvae_dir: str | os.PathLike, vq_cfg: Any
+) -> InitPrior:
+    """Check the prior model folder ``folder`` can start a level-``level`` run on the codes of
+    the VQ-VAE at ``vqvae_dir`` (config ``vq_cfg``) and read its config, version and vocabulary.
+
+    Each problem is one error naming the folder or file: no folder, a damaged or foreign
+    ``config.json`` (:class:`~teacher.io.ModelFolderError`); a prior of another level; a prior
+    of another VQ-VAE geometry, or one whose ``vqvae.json`` (or sibling ``vqvae/`` in a teacher
+    folder) names another VQ-VAE than ``vqvae_dir`` (both named); a ``vocab.json`` that is
+    malformed, of the other version than the prior's lyrics, or with ids beyond the embedding
+    tables (:class:`ConfigError`). The weights are read later, by :func:`train_prior`.
+    """
+    from teacher.data.labels import VOCAB_FILE, Vocab
+    from teacher.data.text import lyric_version
+    from teacher.io import ModelFolderError, read_model_config
+    from teacher.presets import label_version
+    from teacher.prior.config import PriorConfig, check_against_vqvae
+
+    folder = Path(folder)
+    cfg = read_model_config(folder, PriorConfig, "prior")
+    levels = len(vq_cfg.downs_t)
+    if cfg.level != level:
+        raise ConfigError(
+            f"--init_from {folder} holds the {level_name(cfg.level, cfg.levels)} prior (level "
+            f"{cfg.level}); this run trains the {level_name(level, levels)} prior (level {level})"
+        )
+    try:
+        check_against_vqvae(cfg, vq_cfg)
+    except ConfigError as err:
+        raise ConfigError(
+            f"--init_from {folder} does not fit the VQ-VAE {vqvae_dir}: {err}"
+        ) from None
+    linked = _codes_vqvae(folder)
+    if linked is None:
+        log.warning(
+            "%s does not say which VQ-VAE made its codes (no %s, no teacher vqvae/ beside it): "
+            "cannot check it belongs to %s",
+            folder,
+            VQVAE_LINK_FILE,
+            vqvae_dir,
+        )
+    elif linked[1] != model_fingerprint(vqvae_dir):
+        raise ConfigError(
+            f"--init_from {folder} models the codes of the VQ-VAE {linked[0]} (fingerprint "
+            f"{linked[1]}), not of --vqvae {vqvae_dir} (fingerprint "
+            f"{model_fingerprint(vqvae_dir)}): train on the VQ-VAE that made its codes"
+        )
+    vocab_file = folder / VOCAB_FILE
+    vocab = Vocab.load(str(vocab_file)) if vocab_file.is_file() else None
+    if cfg.lyrics is not None:
+        try:
+            version = lyric_version(cfg.lyrics.n_vocab)
+        except ConfigError as err:
+            raise ModelFolderError(f"{folder / 'config.json'}: {err}") from None
+        if vocab is not None and vocab.version != version:
+            raise ConfigError(
+                f"{vocab_file} is a {vocab.version} vocabulary but the prior in {folder} reads "
+                f"{version} lyrics ({cfg.lyrics.n_vocab} symbols): the vocabulary of another model?"
+            )
+    else:
+        version = vocab.version if vocab is not None else label_version(cfg)
+    if vocab is not None and cfg.labels is not None:
+        vocab.check_rows(cfg.labels.artist_bins, cfg.labels.genre_bins, str(vocab_file))
+    if vocab is None and cfg.labels is not None:
+        log.warning(
+            "%s has no %s: its artist/genre names are unknown, so every name of your data gets "
+            "a new id",
+            folder,
+            VOCAB_FILE,
+        )
+    return InitPrior(folder, cfg, version, vocab)
 
 
 def _fit_labels(cfg: Any, vocab: Any) -> Any:
@@ -59,11 +175,17 @@ def longest_file(data_cfg: Any) -> int:
 
 
 def window_data(
-    data_cfg: Any, sample_rate: int, level: int, n_ctx: int, hop_length: int, label_cfg: Any
+    data_cfg: Any,
+    sample_rate: int,
+    level: int,
+    n_ctx: int,
+    hop_length: int,
+    label_cfg: Any,
+    hint: str = "lower --n_ctx",
 ) -> Any:
     """``data_cfg`` for windows of ``n_ctx`` codes of ``level`` (``n_ctx · hop_length`` samples
-    at ``sample_rate``, labels by ``label_cfg``); a :class:`ConfigError` when the window is
-    longer than every audio file (headers only: nothing is decoded)."""
+    at ``sample_rate``, labels by ``label_cfg``); a :class:`ConfigError` ending in ``hint``
+    when the window is longer than every audio file (headers only: nothing is decoded)."""
     window = n_ctx * hop_length
     data_cfg = dataclasses.replace(
         data_cfg, sample_rate=sample_rate, sample_length=window, labels=label_cfg
@@ -73,7 +195,7 @@ def window_data(
         raise ConfigError(
             f"the level-{level} window n_ctx·hop = {n_ctx}·{hop_length} = {window} "
             f"samples ({window / sample_rate:.2f} s) is longer than every audio file "
-            f"(longest {longest / sample_rate:.2f} s): lower --n_ctx"
+            f"(longest {longest / sample_rate:.2f} s): {hint}"
         )
     return data_cfg
 
@@ -116,6 +238,7 @@ def train_prior(
     cfg: TrainConfig,
     codes_mode: str = "cache",
     code_cache_dir: str | os.PathLike | None = None,
+    init_from: str | os.PathLike | InitPrior | None = None,
 ) -> Path:
     """Train one Jukebox prior on the codes of the frozen VQ-VAE at ``vqvae_dir``.
 
@@ -127,12 +250,22 @@ def train_prior(
     inside every step. Artist/genre bins are set from the data's vocabulary on a fresh run; a
     resumed run takes the config and the vocabulary from its checkpoint. The progress bar shows
     the loss terms in bits per token. Returns the exported model folder.
+
+    ``init_from`` (fine-tuning): start from the weights of this prior model folder (checked by
+    :func:`read_init_prior`, or the :class:`InitPrior` it returned for ``vqvae_dir``;
+    ``prior_cfg`` must be its config: ``read_init_prior(...).cfg``).
+    Lyrics and names are read with the model's tokenizer version; artists and genres of the data
+    that its ``vocab.json`` lacks get new ids after its embedding rows (:meth:`Vocab.grow`,
+    :meth:`Prior.grow_label_bins`: old rows bit-identical, new rows copies of the unknown row),
+    reported on the console and in ``OUTPUT_DIR/vocab_added.json``; the exported ``vocab.json``
+    and config carry them. A resumed run continues from its checkpoint and does not read
+    ``init_from`` again.
     """
     from accelerate.utils import set_seed
 
     from teacher.data.codes import CODES_MODES, CodeDataset, build_code_cache
     from teacher.data.dataset import AudioDataset, scan_audio
-    from teacher.data.labels import LabelConfig, Vocab
+    from teacher.data.labels import VOCAB_ADDED_FILE, LabelConfig, Vocab
     from teacher.prior.config import check_against_vqvae, load_prior_config
     from teacher.prior.model import Prior
     from teacher.vqvae import VQVAE
@@ -147,8 +280,31 @@ def train_prior(
     # the whole VQ-VAE (config and weights): a damaged folder fails before any data work
     vqvae = VQVAE.from_pretrained(vq_path).eval().requires_grad_(False)
     vq_cfg = vqvae.cfg
+    init = None
+    if init_from is not None:
+        init = init_from
+        if not isinstance(init, InitPrior):
+            init = read_init_prior(init_from, prior_cfg.level, vq_path, vq_cfg)
+        if prior_cfg != init.cfg:
+            raise ConfigError(
+                f"the prior config given is not the one of --init_from {init.folder}: "
+                "fine-tuning keeps the folder's architecture (pass read_init_prior(...).cfg)"
+            )
+        if data_cfg.labels.lyric_version != init.version:
+            log.info(
+                "lyrics and names are read as %s, the version of %s", init.version, init.folder
+            )
+        data_cfg = dataclasses.replace(
+            data_cfg, labels=dataclasses.replace(data_cfg.labels, lyric_version=init.version)
+        )
     out_dir = Path(cfg.output_dir)
     resume = resolve_resume(cfg.resume_from_checkpoint, out_dir / "checkpoints")
+    model = None  # the prior to train; built from prior_cfg unless init_from gives it
+    if init is not None:
+        if resume is not None:
+            log.info("resuming from %s: --init_from %s is not read again", resume, init.folder)
+        else:  # safetensors only; damaged weights fail here, before any data work
+            model = Prior.from_pretrained(init.folder)
     if resume is not None:
         prior_cfg = load_prior_config(str(resume / "model" / "config.json"))
         link = resume / "model" / VQVAE_LINK_FILE
@@ -170,8 +326,11 @@ def train_prior(
             f"lyrics n_vocab {prior_cfg.lyrics.n_vocab} != {label_cfg.n_vocab} of lyric "
             f"version {label_cfg.lyric_version}"
         )
+    hint = "lower --n_ctx"
+    if init is not None:
+        hint = f"the prior of --init_from {init.folder} needs longer files"
     data_cfg = window_data(
-        data_cfg, vq_cfg.sample_rate, level, n_ctx, prior_cfg.hop_length, label_cfg
+        data_cfg, vq_cfg.sample_rate, level, n_ctx, prior_cfg.hop_length, label_cfg, hint
     )
 
     accelerator = make_accelerator(cfg)
@@ -186,14 +345,26 @@ def train_prior(
             cache = build_code_cache(vq_path, data_cfg, code_cache_dir, progress=main)
         else:
             scan = scan_audio(data_cfg)  # raises DataError when nothing is usable
+    data_vocab = cache.vocab if codes_mode == "cache" else scan.vocab
+    growth = None  # what init_from's vocabulary gained
+    if vocab_saved is not None:
+        vocab = vocab_saved
+    elif init is not None and prior_cfg.labels is not None:
+        lab = prior_cfg.labels
+        base = init.vocab or Vocab(version=init.version)
+        vocab, growth = base.grow(data_vocab, lab.artist_bins, lab.genre_bins)
+        model.grow_label_bins(growth.artist_rows[1], growth.genre_rows[1])
+        prior_cfg = model.cfg
+    elif init is not None:
+        vocab = init.vocab or data_vocab
+    else:
+        vocab = data_vocab
     if codes_mode == "cache":
-        vocab = vocab_saved or cache.vocab
         dataset = CodeDataset(cache, level, n_ctx, label_cfg, seed=data_cfg.seed, vocab=vocab)
         lengths = [cache.files[i].length for i in dataset.file_ids]
         text, no_meta, n_files = dataset.text_stats, dataset.no_metadata, len(lengths)
         source = f"code cache {cache.root}"
     else:
-        vocab = vocab_saved or scan.vocab
         dataset = AudioDataset(data_cfg, scan=scan, vocab=vocab)
         lengths = [f.length for f in scan.files]
         text, no_meta, n_files = scan.text, scan.no_metadata, len(lengths)
@@ -205,7 +376,7 @@ def train_prior(
                 n_files,
             )
         vqvae = vqvae.to(accelerator.device)
-    if resume is None:
+    if resume is None and init is None:
         prior_cfg = _fit_labels(prior_cfg, vocab)
     _check_timing(prior_cfg, lengths)
     summary = {
@@ -238,6 +409,11 @@ def train_prior(
             no_meta,
             text.summary(),
         )
+        if growth is not None:
+            log.info("%s: %s", init.folder, growth.summary())
+            atomic_write_json(
+                out_dir / VOCAB_ADDED_FILE, {"init_from": str(init.folder), **growth.to_dict()}
+            )
         atomic_write_json(
             out_dir / "train_args.json",
             {
@@ -245,6 +421,7 @@ def train_prior(
                 "data": config_to_dict(data_cfg),
                 "model": config_to_dict(prior_cfg),
                 "vqvae": str(vq_path.resolve()),
+                "init_from": str(init.folder.resolve()) if init is not None else None,
                 "codes": codes_mode,
                 "code_cache_dir": str(cache.root) if codes_mode == "cache" else None,
                 "summary": summary,
@@ -290,7 +467,7 @@ def train_prior(
     job = Job(
         name=f"prior {level_name(level, vq_cfg.levels)}",
         project="prior",
-        model=Prior(prior_cfg),
+        model=model if model is not None else Prior(prior_cfg),
         dataset=dataset,
         step=step,
         export=export,
@@ -302,7 +479,9 @@ def train_prior(
 
 __all__ = [
     "VQVAE_LINK_FILE",
+    "InitPrior",
     "longest_file",
+    "read_init_prior",
     "train_prior",
     "window_data",
 ]

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from teacher.device import has_values
+
 # Jukebox's default STFT (DefaultSTFTValues): used by the spectral loss, spectral convergence
 # and the "spec" bandwidth statistic.
 DEFAULT_N_FFT = 2048
@@ -177,7 +179,10 @@ def sc_db(sc: Tensor, floor: float = 1e-10) -> Tensor:
 
 
 def code_counts(codes: Tensor, l_bins: int) -> Tensor:
-    """Histogram of code indices (any shape) -> ``Tensor[K]`` float counts."""
+    """Histogram of code indices (any shape) -> ``Tensor[K]`` float counts (zeros in a
+    shape-only run on meta/fake tensors, whose values a histogram cannot read)."""
+    if not has_values(codes):
+        return codes.new_zeros(l_bins, dtype=torch.float32)
     return torch.bincount(codes.reshape(-1), minlength=l_bins).float()
 
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from teacher.vqvae.losses import codebook_entropy
+from teacher.device import has_values
+from teacher.vqvae.losses import code_counts, codebook_entropy
 
 EMA_BUFFERS = ("k_sum", "k_elem", "initialised")
 
@@ -150,7 +151,7 @@ class BottleneckBlock(nn.Module):
         """
         mu = self.mu
         batch_sum = torch.zeros_like(self.k_sum).index_add_(0, codes, x.to(self.k_sum.dtype))
-        batch_elem = torch.bincount(codes, minlength=self.l_bins).to(self.k_elem.dtype)
+        batch_elem = code_counts(codes, self.l_bins).to(self.k_elem.dtype)
         rand = self._random_codes(x).to(self.k.dtype)
         if _dist_on():
             dist.all_reduce(batch_sum)
@@ -214,7 +215,8 @@ class BottleneckBlock(nn.Module):
         if d != self.emb_width:
             raise ValueError(f"expected {self.emb_width} channels, got {d}")
         flat = rearrange(x, "b d t -> (b t) d").float()
-        if update and not bool(self.initialised):
+        # a shape-only run (meta/fake tensors) cannot read the flag: it skips the init
+        if update and has_values(self.initialised) and not bool(self.initialised):
             self.init_codebook(flat.detach())
         codes, fit = self.quantise(flat)
         x_q = self.dequantise(codes).float()
@@ -222,7 +224,7 @@ class BottleneckBlock(nn.Module):
             metrics = self.update_codebook(flat.detach(), codes)
         else:
             with torch.no_grad():
-                counts = torch.bincount(codes, minlength=self.l_bins)
+                counts = code_counts(codes, self.l_bins)
                 metrics = dict(
                     usage=(counts > 0).sum().float(),
                     entropy=codebook_entropy(counts),
