@@ -71,6 +71,12 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seconds", type=float, default=12.0)
     s.add_argument("--sample_rate", type=int, default=22050)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--artists", default=None, help="comma-separated artists (timbres); default: all of them"
+    )
+    s.add_argument(
+        "--genres", default=None, help="comma-separated genres (styles); default: all of them"
+    )
 
     c = dsub.add_parser("chorales", help="render Bach chorales with lyrics from music21's corpus")
     c.add_argument("--out", required=True, help="output folder")
@@ -88,8 +94,17 @@ def _run_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "synth":
         from teacher.data.synth import SynthConfig, write_synth_dataset
 
+        names = {
+            k: tuple(n.strip() for n in v.split(",") if n.strip())
+            for k in ("artists", "genres")
+            if (v := getattr(args, k)) is not None
+        }
         cfg = SynthConfig(
-            n_songs=args.n_songs, seconds=args.seconds, sample_rate=args.sample_rate, seed=args.seed
+            n_songs=args.n_songs,
+            seconds=args.seconds,
+            sample_rate=args.sample_rate,
+            seed=args.seed,
+            **names,
         )
         write_synth_dataset(args.out, cfg)  # logs its own summary
         return 0

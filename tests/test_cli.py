@@ -50,6 +50,21 @@ def test_synth_then_reconstruct_every_level(tmp_path):
         assert np.isfinite(y).all()
 
 
+def test_synth_artists_and_genres_choose_the_songs_and_unknown_names_are_refused(tmp_path, capsys):
+    data = tmp_path / "data"
+    args = ["data", "synth", "--out", str(data), "--n_songs", "4", "--seconds", "2"]
+    args += ["--sample_rate", "8000", "--artists", "Moss Choir, Aster Vale", "--genres", "lullaby"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    assert {r["artist"] for r in rows} == {"Moss Choir", "Aster Vale"}
+    assert {r["genre"] for r in rows} == {"lullaby"}
+    bad = ["data", "synth", "--out", str(tmp_path / "x"), "--artists", "Nobody"]
+    assert main(bad) == 2
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert "unknown artists ['Nobody']" in text and not (tmp_path / "x").exists()
+
+
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
