@@ -366,6 +366,10 @@ def _psd_sqrt(cov: Tensor) -> Tensor:
     return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
 
 
+#: the (N, M, D) shapes frechet_distance already warned about
+_WARNED_FD: set[tuple[int, int, int]] = set()
+
+
 def frechet_distance(feats_a: Tensor, feats_b: Tensor, eps: float = 1e-6) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``Tensor[N, D]`` and
     ``Tensor[M, D]`` (Dowson & Landau 1982; the FID/FAD formula):
@@ -391,7 +395,8 @@ def frechet_distance(feats_a: Tensor, feats_b: Tensor, eps: float = 1e-6) -> flo
     m = feats_b.shape[0]
     if min(n, m) < 2:
         raise ValueError("need at least 2 feature vectors per set for a covariance")
-    if min(n, m) <= d:
+    if min(n, m) <= d and (n, m, d) not in _WARNED_FD:  # once per shape: a report computes many
+        _WARNED_FD.add((n, m, d))
         log.warning(
             "frechet_distance: %d and %d samples for %d dimensions; the covariances are "
             "rank-deficient and only the ridge (eps=%g, relative) keeps the distance defined",
