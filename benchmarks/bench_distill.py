@@ -105,6 +105,7 @@ from eval.demo import (  # noqa: E402
     Recipe,
     run_demo,
 )
+from eval.musicality import mean_musicality, musicality, pitch_track  # noqa: E402
 from eval.runner import student_kl  # noqa: E402
 from eval.speed import machine_info  # noqa: E402
 from student.base import load_student  # noqa: E402
@@ -204,6 +205,13 @@ def upsample_level(
     )
 
 
+def head(codes: list[torch.Tensor], part: int) -> list[torch.Tensor]:
+    """The first ``1/part`` of every level's codes ``[LongTensor[B, T_l]]`` (bottom first),
+    cut at a whole number of top codes so that the levels still cover the same audio."""
+    top = max(1, codes[-1].shape[1] // part)
+    return [c[:, : top * (c.shape[1] // codes[-1].shape[1])] for c in codes]
+
+
 def level_of(name: str) -> int:
     return {"bottom": 0, "middle": 1, "top": 2}[name]
 
@@ -283,7 +291,7 @@ def speed_section(
         all_codes = vq.encode(audio)
     names = clip_names(fj, clips[0], 0)
     # warm-up: each sampler once on a short span (first calls allocate and initialise)
-    short = [c[:1, : max(1, c.shape[1] // 8)] for c in all_codes]
+    short = [c[:1] for c in head(all_codes, 8)]
     for name in UPSAMPLING:
         for mode in SPEED_MODES:
             upsample_level(fj, short, level_of(name), mode, names, seed, gamma)
@@ -296,7 +304,7 @@ def speed_section(
             for mode in SPEED_MODES:
                 log.info("speed: %s level, batch %d, %s", name, b, mode)
                 part = spec_fraction if (mode == "speculative" and b > 1) else 1
-                span = [c[:, : c.shape[1] // part] for c in codes]
+                span = head(codes, part)
                 res = upsample_level(fj, span, lv, mode, names, seed, gamma)
                 st = res.stats[name]
                 secs = st.seconds * part
@@ -480,9 +488,17 @@ def released_section(
 
 class LevelEval:
     """One upsampling level of the held-out clips: its true codes, the true codes above, the
-    level decoded from the true codes (the reference audio) and the teacher's window labels."""
+    level decoded from the true codes (the reference audio), the clips' own audio (the ground
+    truth of the musicality measures, pitch-tracked once) and the teacher's window labels."""
 
-    def __init__(self, jb: Any, codes: list[torch.Tensor], clips: Sequence[Clip], name: str):
+    def __init__(
+        self,
+        jb: Any,
+        codes: list[torch.Tensor],
+        clips: Sequence[Clip],
+        name: str,
+        audio: torch.Tensor,
+    ):
         self.jb, self.codes, self.clips, self.name = jb, codes, clips, name
         self.level = lv = level_of(name)
         self.prior = jb.priors[lv]
@@ -490,6 +506,19 @@ class LevelEval:
         self.upper = codes[lv + 1]
         with torch.no_grad():
             self.ref = jb.vqvae.decode([codes[lv]], lv).float()
+        self.truth = [a.reshape(-1).float().numpy() for a in audio]
+        self.tracks = [pitch_track(a, jb.sample_rate) for a in self.truth]
+
+    def musicality(self, dec: torch.Tensor) -> dict[str, float]:
+        """Mean pitch agreement with each clip's ground truth, voiced fraction, chroma
+        similarity and spectral flatness of decoded audio ``Tensor[N, 1, T]``."""
+        sr = self.jb.sample_rate
+        return mean_musicality(
+            [
+                musicality(d.reshape(-1).numpy(), sr, reference=ref, reference_track=track)
+                for d, ref, track in zip(dec, self.truth, self.tracks)
+            ]
+        )
 
     def sample(self, fj: FastJukebox, mode: str, seed: int, gamma: int) -> torch.Tensor:
         """``LongTensor[N, T]``: each clip's level sampled from its true upper codes and its
@@ -505,13 +534,15 @@ class LevelEval:
 
     @torch.no_grad()
     def score(self, gen: torch.Tensor) -> dict[str, float]:
-        """Teacher NLL (bits/token), MR-STFT to the reference and token accuracy of codes."""
+        """Teacher NLL (bits/token), MR-STFT to the reference, token accuracy and the
+        musicality (:meth:`musicality`) of codes ``LongTensor[N, T]`` of this level."""
         dec = self.jb.vqvae.decode([gen], self.level).float()
         true = self.codes[self.level]
         return {
             "nll_bits": windowed_nll_bits(self.prior, gen, self.clips, self.labels, self.upper),
             "mrstft": float(M.mrstft_distance(self.ref, dec, self.jb.sample_rate).mean()),
             "accuracy": float(M.token_accuracy(gen.cpu(), true.cpu()).mean()),
+            **self.musicality(dec.cpu()),
         }
 
     def kl(self, fj: FastJukebox, seed: int) -> dict[str, float]:
@@ -539,20 +570,28 @@ def quality_section(
             "x teacher's MR-STFT",
             "KL/token (nats)",
             "token accuracy",
+            "pitch agreement",
+            "voiced",
+            "flatness",
         ],
         note="MR-STFT: auraloss multi-resolution STFT distance (SC + log magnitude, Jukebox's "
         "resolutions rescaled to the sample rate) of the decoded level to the same level "
         "decoded from the real codes. KL: the student's closed-form reverse KL per token to the "
         "teacher at temperature 1 on its own samples (categorical: exact given the noise; "
         "gaussian: its calibrated soft assignment). Teacher samples at temperature 0.99, "
-        "students at 1.",
+        "students at 1. Musicality (eval.musicality, pyin 80 Hz-1 kHz) of the decoded level "
+        "against each clip's own audio: pitch agreement = of the ground truth's voiced frames, "
+        "the fraction voiced within 50 cents; voiced = fraction of frames voiced (ground truth: "
+        "first row); flatness = spectral flatness (tones ~0, white noise ~1).",
     )
     with torch.inference_mode():
         codes = jb.vqvae.encode(audio)
     out: dict[str, Any] = {}
+    truth = mean_musicality([musicality(a.reshape(-1).numpy(), sr) for a in audio])
     for name in UPSAMPLING:
-        ev = LevelEval(jb, codes, clips, name)
+        ev = LevelEval(jb, codes, clips, name, audio)
         rows: dict[str, dict[str, Any]] = {}
+        rows["ground truth (audio)"] = {**truth, "pitch_agreement": 1.0}
         rows["real codes"] = {**ev.score(codes[ev.level]), "mrstft": 0.0}
         log.info("quality: %s level, teacher (exact)", name)
         rows["teacher (exact)"] = ev.score(
@@ -569,10 +608,24 @@ def quality_section(
         rows["random codes (floor)"] = ev.score(rand)
         teacher_mr = rows["teacher (exact)"]["mrstft"]
         for who, r in rows.items():
-            ratio = r["mrstft"] / teacher_mr if who != "real codes" and teacher_mr > 0 else None
+            truth_row = "nll_bits" not in r
+            ratio = (
+                r["mrstft"] / teacher_mr
+                if not truth_row and who != "real codes" and teacher_mr > 0
+                else None
+            )
             r["mrstft_ratio"] = ratio
             table.add(
-                name, who, r["nll_bits"], r["mrstft"], ratio, r.get("kl_per_token"), r["accuracy"]
+                name,
+                who,
+                r.get("nll_bits"),
+                r.get("mrstft"),
+                ratio,
+                r.get("kl_per_token"),
+                r.get("accuracy"),
+                r["pitch_agreement"],
+                r["voiced"],
+                r["flatness"],
             )
         out[name] = rows
     return table, out
@@ -604,7 +657,16 @@ def k_sweep(
     warm = max(1, int(r.ce_warmup_fraction * steps))
     table = Table(
         f"(d) K sweep: categorical middle-level students, {steps} distillation steps each",
-        ["K", "train s", "s/step", "KL/token (nats)", "MR-STFT", "x teacher's MR-STFT", "accuracy"],
+        [
+            "K",
+            "train s",
+            "s/step",
+            "KL/token (nats)",
+            "MR-STFT",
+            "x teacher's MR-STFT",
+            "accuracy",
+            "pitch agreement",
+        ],
         note=f"Each K distilled from the same teacher with the demo's settings (batch {r.batch}, "
         f"lr {r.learning_rate[run]:g} cosine, {r.distill_n_ctx or 'teacher-window'}-code windows, "
         "CE warm start "
@@ -613,7 +675,7 @@ def k_sweep(
     )
     with torch.inference_mode():
         codes = jb.vqvae.encode(audio)
-    ev = LevelEval(jb, codes, clips, "middle")
+    ev = LevelEval(jb, codes, clips, "middle", audio)
     out: dict[int, dict[str, float]] = {}
     for k in ks:
         dcfg = DistillConfig(
@@ -664,6 +726,7 @@ def k_sweep(
             o["mrstft"],
             o["mrstft"] / teacher_mrstft if teacher_mrstft > 0 else None,
             o["accuracy"],
+            o["pitch_agreement"],
         )
     return table, out
 
@@ -801,6 +864,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(q.rich())
 
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    if ks and not paths.data.is_dir():
+        console.print(
+            f"(d) K sweep skipped: {paths.data} is missing (a demo on the shipped models trains "
+            "nothing; give a --from_scratch demo folder, or --ks '')"
+        )
+        ks = []
     if ks:
         with tempfile.TemporaryDirectory(prefix="bench_k_") as work:
             kt, results["k"] = k_sweep(
