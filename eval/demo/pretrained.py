@@ -9,7 +9,9 @@ Layout of :data:`PRETRAINED_DIR`::
       recipe.json                   the synth data they were trained on (a SynthConfig) and
                                     the measured numbers of the model card
       teacher/{vqvae,top,middle,bottom}/        model folders (config.json + safetensors)
-      students/{categorical,gaussian}/{middle,bottom}/
+      students/categorical/{middle,bottom}/     the students the samples and the report use
+                                    (the Gaussian baselines are not shipped: a
+                                    ``--from_scratch`` run trains them)
 
 :func:`load_pretrained` checks every folder loads (config and weights) before the demo uses
 them: a missing or damaged one is one :class:`~teacher.config.ConfigError` naming it and
@@ -36,9 +38,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 RECIPE_FILE = "recipe.json"
 MODEL_CARD = "MODEL_CARD.md"
 TEACHER_PARTS = ("vqvae", "top", "middle", "bottom")
-STUDENT_PARTS = tuple(
-    f"{fam}/{lvl}" for fam in ("categorical", "gaussian") for lvl in ("middle", "bottom")
-)
+STUDENT_PARTS = tuple(f"categorical/{lvl}" for lvl in ("middle", "bottom"))
 
 
 class PretrainedError(ConfigError):
@@ -124,8 +124,42 @@ def export_pretrained(
                 state = load_tensors(weights)
                 cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
                 save_tensors(cast, dst / weights.name)
+        _relink(tmp)
         atomic_write_json(tmp / RECIPE_FILE, {**(recipe or {}), "synth": config_to_dict(synth)})
     return Path(out)
+
+
+def _relink(root: Path) -> None:
+    """Point the exported folders' links at each other (paths relative to ``root``, the
+    fingerprints of the CAST weights): each prior's ``vqvae.json`` at ``teacher/vqvae``, each
+    student's ``teacher.json`` at its prior and the VQ-VAE, so that a shipped prior can start a
+    fine-tuning run (``--init_from``) on the shipped VQ-VAE."""
+    from distill.teacher import TEACHER_LINK_FILE
+    from teacher.io import model_fingerprint, read_json
+    from teacher.train.prior import VQVAE_LINK_FILE
+
+    vq = root / "teacher" / "vqvae"
+    vq_fp = model_fingerprint(vq)
+    for part in TEACHER_PARTS[1:]:
+        link = root / "teacher" / part / VQVAE_LINK_FILE
+        if link.is_file():
+            atomic_write_json(
+                link, {**read_json(link), "path": "teacher/vqvae", "fingerprint": vq_fp}
+            )
+    for part in STUDENT_PARTS:
+        link = root / "students" / part / TEACHER_LINK_FILE
+        if not link.is_file():
+            continue
+        data = read_json(link)
+        prior = root / "teacher" / str(data.get("level_name", part.split("/")[-1]))
+        data.update(
+            prior=str(prior.relative_to(root)),
+            teacher_dir="teacher",
+            vqvae="teacher/vqvae",
+            fingerprint=model_fingerprint(prior),
+            vqvae_fingerprint=vq_fp,
+        )
+        atomic_write_json(link, data)
 
 
 __all__ = [

@@ -236,6 +236,8 @@ def test_default_demo_samples_and_reports_the_shipped_models_and_trains_nothing(
     for part in ("vqvae", "top", "middle", "bottom"):
         state = load_tensors(shipped / "teacher" / part / "model.safetensors")
         assert all(t.dtype == torch.float16 for t in state.values() if t.is_floating_point())
+    # only the students the default run uses are shipped (the Gaussian baselines are not)
+    assert sorted(p.name for p in (shipped / "students").iterdir()) == ["categorical"]
     out = tmp_path / "out"
     res = run_demo(DemoConfig(out=str(out), preset="smoke"), progress=False, pretrained_dir=shipped)
     assert [s.name for s in res.stages] == list(PRETRAINED_STAGES)
@@ -260,14 +262,34 @@ def test_default_demo_samples_and_reports_the_shipped_models_and_trains_nothing(
     assert set(again.statuses.values()) == {"skipped"}, again.statuses
 
 
-@pytest.mark.parametrize("damage", ["deleted", "truncated", "recipe"])
+def test_shipped_links_name_the_shipped_fp16_models(shipped):
+    """The exported priors' vqvae.json and students' teacher.json name the shipped (cast)
+    folders, relative to the root, by their fingerprints: a shipped prior can be fine-tuned on
+    the shipped VQ-VAE (--init_from checks that link)."""
+    from teacher.io import model_fingerprint
+
+    vq_fp = model_fingerprint(shipped / "teacher" / "vqvae")
+    for part in ("top", "middle", "bottom"):
+        link = json.loads((shipped / "teacher" / part / "vqvae.json").read_text())
+        assert link["path"] == "teacher/vqvae" and link["fingerprint"] == vq_fp
+    for level in ("middle", "bottom"):
+        link = json.loads(
+            (shipped / "students" / "categorical" / level / "teacher.json").read_text()
+        )
+        assert link["prior"] == f"teacher/{level}" and link["vqvae_fingerprint"] == vq_fp
+        assert link["fingerprint"] == model_fingerprint(shipped / "teacher" / level)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "student", "recipe"])
 def test_damaged_shipped_models_are_one_error_suggesting_from_scratch(shipped, tmp_path, damage):
     from eval.demo.pretrained import PretrainedError
 
     broken = tmp_path / "pretrained"
     shutil.copytree(shipped, broken)
     weights = broken / "teacher" / "middle" / "model.safetensors"
-    if damage == "deleted":
+    if damage == "student":
+        (broken / "students" / "categorical" / "bottom" / "config.json").unlink()
+    elif damage == "deleted":
         weights.unlink()
     elif damage == "truncated":
         weights.write_bytes(weights.read_bytes()[:1000])
@@ -278,7 +300,8 @@ def test_damaged_shipped_models_are_one_error_suggesting_from_scratch(shipped, t
         run_demo(DemoConfig(out=str(out), preset="smoke"), progress=False, pretrained_dir=broken)
     msg = str(err.value)
     assert "--from_scratch" in msg and str(broken) in msg and "\n" not in msg
-    assert ("recipe.json" if damage == "recipe" else "teacher/middle") in msg
+    named = {"recipe": "recipe.json", "student": "students/categorical/bottom"}
+    assert named.get(damage, "teacher/middle") in msg
     assert not out.exists()  # nothing written, nothing trained
 
 
