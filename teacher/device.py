@@ -7,6 +7,7 @@ model loads. Half precision computes layer norms, the softmax and the logits in 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -48,6 +49,25 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def idle_cpu_threads(load: float | None = None, cores: int | None = None) -> int:
+    """CPU threads for torch that do not fight other jobs: the usable cores minus the 1-minute
+    load average (``load``; default ``os.getloadavg()``), rounded, at least 1.
+
+    A step of a small model is hundreds of tiny ops, each split over every OpenMP thread: when
+    one thread's core is busy with another process, every op waits for it, and on a 2-core
+    machine beside one training job the demo's sampling ran over 10x slower with 2 threads than
+    with 1. ``cores``: default the cores this process may run on."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = max(1, int(cores or 1))
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (OSError, AttributeError):  # not available on this platform
+            return cores
+    return max(1, min(cores, cores - int(load + 0.5)))
+
+
 def has_values(t: torch.Tensor) -> bool:
     """Whether ``t`` holds data the host can read: False for meta tensors and for the fake
     tensors of shape-only runs (:mod:`teacher.train.memory`, the distillation dry run), where
@@ -70,4 +90,11 @@ def add_device_args(parser: Any) -> None:
     )
 
 
-__all__ = ["DTYPES", "add_device_args", "has_values", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "DTYPES",
+    "add_device_args",
+    "has_values",
+    "idle_cpu_threads",
+    "resolve_device",
+    "resolve_dtype",
+]

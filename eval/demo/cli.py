@@ -26,7 +26,7 @@ _HELP = {  # the flags' help texts
     "preset": "demo: the shipped models / small ones; smoke: tiny models and short songs (tests)",
     "from_scratch": "train the teacher and students here (data, VQ-VAE, priors, students) "
     "instead of using the shipped models",
-    "threads": "torch CPU threads (default: all cores; 1 on a machine other jobs share)",
+    "threads": "torch CPU threads (default: the cores other jobs leave idle, from the load average)",
     "no_progress": "no stage headers or bars",
 }
 #: the flags that are :class:`DemoConfig` fields of the same name

@@ -59,8 +59,8 @@ class DemoConfig:
             for tests).
         from_scratch: run the whole training recipe (``STAGES``) in the budget instead of
             sampling and evaluating the shipped models (``PRETRAINED_STAGES``).
-        threads: torch CPU threads while the demo runs (``None``: torch's default, all cores).
-            On a machine other jobs share, 1 avoids OpenMP oversubscription: on the 2-core
+        threads: torch CPU threads while the demo runs (``None``: the cores other jobs leave
+            idle, :func:`teacher.device.idle_cpu_threads`). Oversubscribing hurts: on the 2-core
             reference machine a VQ-VAE step took 0.57 s with 2 threads and 0.95 s with 1 when
             idle, but ~10 s with 2 threads and ~3.5 s with 1 beside two other busy processes.
     """
@@ -209,8 +209,8 @@ DEMO = Recipe(
         "middle": 5.0,
         "bottom": 5.0,
         "students": 10.0,
-        "samples": 60.0,
-        "report": 90.0,
+        "samples": 25.0,  # measured 26.8 s at 1.54x the reference machine's step time
+        "report": 115.0,  # measured 173 s there (3 clips of 4 s in every mode, pyin, t-SNE)
     },
     safety=0.9,
     sample_seconds=6.0,

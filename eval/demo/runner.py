@@ -93,13 +93,16 @@ def run_demo(
     the console (rich); the trainers and the samplers draw their own bars (the trainers always
     do on the main process). Everything is also logged and recorded in ``OUT/demo.json``.
     """
-    cfg = cfg.validate()
-    if cfg.threads is None:
-        return _run_demo(cfg, progress, pretrained_dir)
     import torch
 
+    from teacher.device import idle_cpu_threads
+
+    cfg = cfg.validate()
+    threads = cfg.threads or idle_cpu_threads()
+    if cfg.threads is None:
+        log.info("demo: %d torch CPU thread(s) (the cores other jobs leave idle)", threads)
     before = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(threads)
     try:
         return _run_demo(cfg, progress, pretrained_dir)
     finally:
