@@ -318,18 +318,16 @@ class Demo:
     def stage_models(self) -> StageResult:
         """The shipped teacher and students, checked to load, copied into ``OUT`` (the demo
         folder is then a teacher folder like a ``--from_scratch`` one)."""
-        from eval.demo.pretrained import load_pretrained
+        from eval.demo.pretrained import STUDENT_PARTS, TEACHER_PARTS, load_pretrained
 
         shipped = load_pretrained(self.pretrained_dir)
         outputs = [str(self.teacher_dir), str(self.students_dir)]
-        same = all(
-            _is_model(self.teacher_dir / p)
-            and model_fingerprint(self.teacher_dir / p)
-            == model_fingerprint(shipped.teacher_dir / p)
-            for p in ("vqvae", "top", "middle", "bottom")
-        )
-        if same and (self.students_dir / SAMPLE_FAMILY).is_dir():
+        pairs = [(self.teacher_dir / p, shipped.teacher_dir / p) for p in TEACHER_PARTS]
+        pairs += [(self.students_dir / p, shipped.students_dir / p) for p in STUDENT_PARTS]
+        if all(_is_model(a) and model_fingerprint(a) == model_fingerprint(b) for a, b in pairs):
             return StageResult("models", SKIPPED, outputs=outputs)
+        for stale in (self.out / "samples", self.out / "report"):  # made by other models
+            shutil.rmtree(stale, ignore_errors=True)
         for src, dst in (
             (shipped.teacher_dir, self.teacher_dir),
             (shipped.students_dir, self.students_dir),

@@ -230,7 +230,7 @@ def test_default_demo_samples_and_reports_the_shipped_models_and_trains_nothing(
     import torch
 
     from eval.demo import PRETRAINED_STAGES
-    from teacher.io import load_tensors, model_fingerprint
+    from teacher.io import load_tensors, model_fingerprint, save_tensors
 
     # the shipped weights are fp16 and load back as the fp32 models they came from, rounded
     for part in ("vqvae", "top", "middle", "bottom"):
@@ -260,6 +260,19 @@ def test_default_demo_samples_and_reports_the_shipped_models_and_trains_nothing(
         DemoConfig(out=str(out), preset="smoke"), progress=False, pretrained_dir=shipped
     )
     assert set(again.statuses.values()) == {"skipped"}, again.statuses
+    # other shipped students (a new release): copied again, samples and report made again
+    newer = tmp_path / "newer"
+    shutil.copytree(shipped, newer)
+    weights = newer / "students" / "categorical" / "bottom" / "model.safetensors"
+    state = load_tensors(weights)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1e-2
+    save_tensors(state, weights)
+    third = run_demo(DemoConfig(out=str(out), preset="smoke"), progress=False, pretrained_dir=newer)
+    assert third.statuses["models"] == third.statuses["samples"] == "ran", third.statuses
+    assert model_fingerprint(out / "students" / "categorical" / "bottom") == model_fingerprint(
+        newer / "students" / "categorical" / "bottom"
+    )
 
 
 def test_shipped_links_name_the_shipped_fp16_models(shipped):
