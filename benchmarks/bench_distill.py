@@ -36,35 +36,43 @@ nats; speculative >= 2x fewer teacher passes than exact. Every table also goes t
 Threads: torch's default (all cores). Timings are wall clock on a shared machine: each is one
 run after a warm-up, so read ratios rather than absolute seconds.
 
-Measured here (2 vCPU Xeon, torch 2.13.0+cpu, 2 threads; the default demo recipe trained in
-12.5 min; 4 held-out clips of 2.97 s = 2048 middle / 8192 bottom codes; teacher windows of
-2048 codes; students K = 4; speculative gamma = 4; benchmark 19.2 min, 10 of them the K = 8
-run slowed by another job's test suite)::
+Measured here (2 vCPU Xeon, torch 2.13.0+cpu, 2 threads, quiet; the SHIPPED demo models
+(``fastjukebox demo``'s folder, ``eval/demo/pretrained/MODEL_CARD.md``), 16 kHz; 4 held-out
+clips of 4.10 s = 2048 middle / 8192 bottom codes; teacher windows of 2048 codes; students
+K = 4; speculative gamma = 4; 3.2 min; (e) also rerun in bf16)::
 
     (a) s (x exact)  B=1: middle    bottom         B=16: middle    bottom
-        exact             0.72           3.06                1.36            6.07
-        accelerated       0.13 (5.5x)    0.62 (4.9x)         2.74 (0.50x)    21.4 (0.28x)
-        speculative       7.98 (0.09x)   20.7 (0.15x)        ~84 (0.016x)    ~426 (0.014x)
-    (b) speculative, batch 1: acceptance 0.85 / 0.86, 3.68 / 3.78 tokens per teacher pass
-        (middle / bottom); batch 16 (lockstep rows): 1.07 / 1.08
-    (c) middle: NLL bits real 5.59, teacher 5.37, categorical 5.50, gaussian 5.77; MR-STFT
-        ratio to the teacher 1.00 (gaussian 1.08); KL 0.079 nats (gaussian 0.44)
-        bottom: NLL real 4.75, teacher 4.45, categorical 4.61, gaussian 6.06; MR-STFT ratio
-        1.03 (gaussian 1.06); KL 0.112 nats (gaussian 0.51)
-    (d) 150 steps, middle: KL 0.158 / 0.143 / 0.157 / 0.133 nats and MR-STFT ratio
-        1.01 / 1.00 / 1.01 / 1.01 for K = 1 / 2 / 4 / 8 (0.30 / 0.40 / 0.58 s per step)
-    GOALS: accelerated >= 50x at batch 1: NOT MET (5.0x); MR-STFT within 1.15x: MET (1.00x,
-        1.03x); KL < 0.2 nats: MET (0.079, 0.112); speculative >= 2x fewer teacher passes:
-        MET (3.68x, 3.78x)
+        exact             0.87           3.60                1.57            6.70
+        accelerated       0.13 (6.8x)    0.62 (5.8x)         3.30 (0.48x)    19.9 (0.34x)
+        speculative       1.86 (0.47x)   5.53 (0.65x)        6.20 (0.25x)    20.1 (0.33x)
+    (b) speculative: acceptance 0.64 / 0.82 (middle / bottom, batch 1) -> 2.47 / 3.47 codes
+        per teacher pass per row (formula 2.49 / 3.50); batch 16, rows independent: 2.64 / 3.74
+    (b2) per round, batch 1: exact step 0.42 / 0.44 ms; draft 0.31 ms/code, verify 0.77 ms,
+        accept 0.17 ms, rewind 0.02 ms -> a round of gamma 4 costs 5.0-5.2 exact steps;
+        predicted 0.48x / 0.69x exact, measured 0.47x / 0.65x
+    (c) given the TRUE upper codes: MR-STFT x the teacher's 0.97 / 0.97; KL 0.220 / 0.103 nats;
+        pitch agreement with the clips' audio: real codes 0.81 / 0.86, teacher 0.70 / 0.80,
+        student 0.69 / 0.80, random codes 0.00 / 0.00
+    (e) released upsampler shape on the CPU (random weights, 24-code window, the demo student's
+        architecture at the released geometry): bf16 exact step 181 ms, draft 1.2 ms/code,
+        verify 180 ms/round, round / step 1.02 -> 2.44x projected at the middle's acceptance
+        0.64 (3.4x at the bottom's 0.82); fp32 (the CPU default): step 126 ms, verify 259 ms,
+        round / step 2.07 (a 5-row fp32 GEMM costs this CPU twice a 1-row one), 1.20x
+    GOALS: accelerated >= 50x at batch 1: NOT MET (6.0x); MR-STFT within 1.15x: MET (0.97x,
+        0.97x); KL < 0.2: bottom MET (0.103), middle NOT MET (0.220); speculative >= 3 codes
+        per pass: bottom MET (3.47), middle NOT MET (2.47); speculative as fast as exact (B=1)
+        and not slower (B=16): NOT MET (0.47-0.65x, 0.25-0.33x); released round within 1.3x
+        of a step: MET in bf16 (1.02x), NOT in fp32 (2.07x); >= 2.5x projected: NOT MET at
+        the middle's acceptance (2.44x in bf16), met at the bottom's (3.4x)
 
-Why the speed goal is missed here: on this CPU a teacher sampling step is ~0.35 ms (overhead,
-not arithmetic: 2800 codes/s), while one pass of the K = 4 student over a 2048-code window
-costs ~30 ms, about 90 teacher steps; so a window of T codes gains at most ~T / (4 · 90),
-5.5x at T = 2048. At batch 16 a teacher step costs little more than at batch 1 while the
-student's passes grow 16x, so the student is slower. Speculative sampling does cut the teacher
-passes 3.7x, but each round also runs the student's final stage over its receptive field (256
-positions) + gamma, ~10x a teacher step, so it is slower than exact in wall time; at batch 16
-the rows' lockstep leaves ~1 token per pass.
+Why speculative mode loses on this CPU at the demo sizes: the demo teacher is so small (0.87 M
+parameters per upsampler) that its step is ~0.43 ms of per-op overhead, and the student's
+incremental draft, ~55 small ops per code, costs 0.31 ms, about 0.7 of a teacher step; a round
+of 4 drafts + one 5-query verification costs 5 teacher steps and yields 2.5-3.5 codes. It pays
+when a draft costs a small fraction of a step and verifying gamma + 1 codes costs about one step:
+the released upsampler (above: a step 150x a draft, verification = one step in bf16). The
+students' parallel passes lose at batch 16 on a CPU (compute-bound convolutions over 16 x 8192
+positions against a batched teacher step).
 """
 
 from __future__ import annotations
