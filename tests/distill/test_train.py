@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -24,37 +23,16 @@ from distill.train import build_parser, run
 from teacher.config import ConfigError
 from teacher.io import STATE_FILE, model_fingerprint, read_json
 from teacher.train.loop import EMA
+from tests.launch import subprocess_env, two_cpu_processes
 
 SR = 8000
-ROOT = Path(__file__).resolve().parents[2]
-LAUNCH = [
-    "accelerate.commands.launch",
-    "--multi_gpu",
-    "--num_processes",
-    "2",
-    "--num_machines",
-    "1",
-    "--main_process_port",
-    "0",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    env["COLUMNS"] = "200"  # rich wraps log lines at the terminal width
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
 
 
 def _run(args: list[str], module: str = "distill.train", env: dict | None = None) -> str:
     cmd = [sys.executable, "-m", module, *args]
-    res = subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        cmd, env=env or subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     return " ".join((res.stdout + res.stderr).split())
 
@@ -400,11 +378,9 @@ def test_bad_settings_fail_before_any_work(setup, tmp_path):
 @pytest.mark.slow
 def test_two_processes_keep_identical_weights(setup, tmp_path):
     out = tmp_path / "ddp"
-    env = _env()
-    env["ACCELERATE_USE_CPU"] = "1"
     args = _args(setup, out, "--max_train_steps", "3", "--checkpointing_steps", "3")
     args[args.index("--train_batch_size") + 1] = "4"
-    cmd = [sys.executable, "-m", *LAUNCH, "-m", "distill.train", *args]
+    cmd, env = two_cpu_processes("distill.train", args)
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     state = _state(out, 3)

@@ -14,39 +14,18 @@ import json
 import logging
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from teacher.io import read_json
-from tests.teacher.train.test_prior import ROOT, _args, _env, _state, _steps, setup  # noqa: F401
+from tests.launch import ROOT, two_cpu_processes
+from tests.teacher.train.test_prior import _args, _state, _steps, setup  # noqa: F401
 
 
 def _launch(args: list[str]) -> str:
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs" / "fsdp.yaml"),
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        "0",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "teacher.train",
-        *args,
-    ]
-    env = _env()
-    env["ACCELERATE_USE_CPU"] = "1"
+    cmd, env = two_cpu_processes("teacher.train", args, ROOT / "configs" / "fsdp.yaml")
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     return " ".join((res.stdout + res.stderr).split())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,9 +20,9 @@ from teacher.levels import level_index
 from teacher.presets import prior_preset, tiny_vqvae
 from teacher.train.cli import build_parser, run
 from teacher.vqvae import VQVAE
+from tests.launch import subprocess_env, two_cpu_processes
 
 SR = 8000
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +50,6 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     ]
     (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"base": base, "vqvae": base / "vqvae", "data": data}
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    env["COLUMNS"] = "200"  # rich wraps log lines at the terminal width
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
 
 
 def _args(s: dict[str, Path], out: Path, level: str, *extra: str) -> list[str]:
@@ -93,7 +83,7 @@ def _args(s: dict[str, Path], out: Path, level: str, *extra: str) -> list[str]:
 
 def _run(args: list[str], module: str = "teacher.train") -> str:
     cmd = [sys.executable, "-m", module, *args]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stdout + res.stderr
     return " ".join((res.stdout + res.stderr).split())
 
@@ -229,29 +219,11 @@ def test_level_names_and_presets():
 @pytest.mark.slow
 def test_two_processes_keep_identical_weights(setup, tmp_path):
     out = tmp_path / "ddp"
-    launch = [
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        "0",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "teacher.train",
-    ]
     args = _args(setup, out, "bottom", "--max_train_steps", "3", "--checkpointing_steps", "3")
     # a cache folder of its own: rank 0 builds it while rank 1 waits, then opens it
     i = args.index("--code_cache_dir")
     args[i + 1] = str(tmp_path / "codes")
-    env = _env()
-    env["ACCELERATE_USE_CPU"] = "1"
-    cmd = [sys.executable, "-m", *launch, *args]
+    cmd, env = two_cpu_processes("teacher.train", args)
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     state = _state(out, 3)

@@ -17,9 +17,9 @@ import soundfile as sf
 import torch
 
 from teacher.io import STATE_FILE, latest_checkpoint, load_tensors, read_json
+from tests.launch import subprocess_env, two_cpu_processes
 
 SR = 8000
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +34,6 @@ def tone_dir(tmp_path_factory) -> Path:
         x = 0.5 * x / np.abs(x).max() * np.minimum(1.0, t * 8)
         sf.write(d / f"tone{i}.wav", x.astype(np.float32), SR)
     return d
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
 
 
 def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
@@ -71,7 +63,7 @@ def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stdout + res.stderr
     return res
 
@@ -111,7 +103,7 @@ def test_train_export_and_bad_config(tone_dir, tmp_path):
     # a bad value is one clear error before any work
     res = subprocess.run(
         _train_cmd(tone_dir, tmp_path / "bad", "--sample_length", "1000"),
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -125,7 +117,9 @@ def test_train_export_and_bad_config(tone_dir, tmp_path):
 def test_sigkill_then_resume_continues_from_checkpoint(tone_dir, tmp_path):
     out = tmp_path / "run"
     cmd = _train_cmd(tone_dir, out, "--max_train_steps", "10000", "--checkpointing_steps", "2")
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.time() + 180
         while latest_checkpoint(out / "checkpoints") is None:
@@ -187,26 +181,9 @@ def test_sigkill_then_resume_continues_from_checkpoint(tone_dir, tmp_path):
 @pytest.mark.slow
 def test_two_processes_keep_identical_codebooks(tone_dir, tmp_path):
     out = tmp_path / "ddp"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        "0",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
     cmd = _train_cmd(tone_dir, out, "--max_train_steps", "4", "--checkpointing_steps", "4")
-    env = _env()
-    env["ACCELERATE_USE_CPU"] = "1"
-    res = subprocess.run(launch + cmd[1:], env=env, capture_output=True, text=True, timeout=300)
+    launch, env = two_cpu_processes(cmd[2], cmd[3:])
+    res = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     state = read_json(out / "checkpoints" / "checkpoint-4" / STATE_FILE)
     assert state["world_size"] == 2
