@@ -34,7 +34,7 @@ import torch
 from distill.config import DistillConfig
 from student.config import StudentConfig
 from teacher.config import ConfigError
-from teacher.io import ModelFolderError, atomic_write_json, read_model_config
+from teacher.io import atomic_write_json
 from teacher.train.loop import TrainConfig
 from teacher.train.memory import StepMemory, default_dtype, step_memory
 from teacher.vqvae.config import VQVAEConfig
@@ -152,16 +152,7 @@ def plan_distillation(
 
     def loss(student: torch.nn.Module, fixed: list[torch.nn.Module]) -> torch.Tensor:
         prior, vqvae = fixed
-        teacher = Teacher(
-            prior=prior,
-            vqvae=vqvae,
-            vocab=None,
-            root=Path(),
-            prior_dir=Path(),
-            vqvae_dir=Path(),
-            fingerprint="",
-            vqvae_fingerprint="",
-        )
+        teacher = Teacher.in_memory(prior, vqvae)
         data = {
             "codes": torch.zeros(batch, n_ctx, dtype=torch.long),
             "upper": torch.zeros(batch, n_ctx // ratio, dtype=torch.long),
@@ -242,26 +233,14 @@ def dry_run(
     folder's configs (no weights are read), then :func:`plan_distillation` at
     ``run_cfg.train_batch_size``; prints the plan and writes it to ``OUTPUT_DIR/dry_run.json``
     (returned). Raises :class:`ConfigError` / :class:`ModelFolderError` as ``distill`` would."""
-    from distill.teacher import teacher_paths
+    from distill.teacher import read_teacher_configs
     from distill.train import resolve_student_config
-    from teacher.prior.config import PriorConfig, check_against_vqvae
 
     run_cfg.validate()
     dcfg = distill_cfg.validate()
     if run_cfg.gradient_checkpointing:
         raise ConfigError(GRADIENT_CHECKPOINTING_NO_EFFECT)
-    prior_dir, vq_dir = teacher_paths(teacher_dir, dcfg.level)
-    prior_cfg = read_model_config(prior_dir, PriorConfig, "prior")
-    if not prior_cfg.is_upsampler or prior_cfg.level != dcfg.level:
-        raise ConfigError(
-            f"{prior_dir} holds a level-{prior_cfg.level} prior, expected the level-"
-            f"{dcfg.level} upsampler"
-        )
-    vq_cfg = read_model_config(vq_dir, VQVAEConfig, "VQ-VAE")
-    try:
-        check_against_vqvae(prior_cfg, vq_cfg)
-    except ConfigError as err:
-        raise ModelFolderError(f"{prior_dir} does not fit {vq_dir}: {err}") from None
+    prior_dir, vq_dir, prior_cfg, vq_cfg = read_teacher_configs(teacher_dir, dcfg.level)
     student_cfg = resolve_student_config(student_cfg, dcfg, prior_cfg, vq_cfg)
     plan = plan_distillation(
         prior_cfg, vq_cfg, student_cfg, dcfg, run_cfg.train_batch_size, run_cfg.mixed_precision

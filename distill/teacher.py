@@ -50,6 +50,12 @@ class Teacher:
     def level(self) -> int:
         return self.prior.cfg.level
 
+    @classmethod
+    def in_memory(cls, prior: Any, vqvae: Any) -> Teacher:
+        """A teacher of models already built (no folder, no fingerprints, no vocabulary): the
+        meta-device dry run and tests."""
+        return cls(prior, vqvae, None, Path(), Path(), Path(), "", "")
+
 
 def teacher_paths(teacher_dir: str | Path, level: int) -> tuple[Path, Path]:
     """``(prior folder, VQ-VAE folder)`` of ``level`` in a teacher folder, checked to exist.
@@ -78,23 +84,12 @@ def teacher_paths(teacher_dir: str | Path, level: int) -> tuple[Path, Path]:
     return prior_dir, vq_dir
 
 
-def load_teacher(
-    teacher_dir: str | Path,
-    level: int,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> Teacher:
-    """Load and freeze the level-``level`` upsampler (in ``dtype``, default fp32: its scoring
-    pass computes logits in fp32 either way) and the VQ-VAE of ``teacher_dir``.
-
-    Checks that the prior is that level's upsampler, matches the VQ-VAE's geometry and, when
-    its ``vqvae.json`` names a fingerprint, was trained on this VQ-VAE's codes.
-    """
-    from teacher.data.labels import Vocab
+def read_teacher_configs(teacher_dir: str | Path, level: int) -> tuple[Path, Path, Any, Any]:
+    """``(prior folder, VQ-VAE folder, prior config, VQ-VAE config)`` of ``level`` in a teacher
+    folder, read without weights and checked: the prior is that level's upsampler
+    (:class:`ConfigError`) and fits the VQ-VAE's geometry (:class:`ModelFolderError` naming
+    both folders)."""
     from teacher.prior.config import PriorConfig, check_against_vqvae
-    from teacher.prior.model import Prior
-    from teacher.train.prior import VQVAE_LINK_FILE
-    from teacher.vqvae import VQVAE
 
     prior_dir, vq_dir = teacher_paths(teacher_dir, level)
     prior_cfg = read_model_config(prior_dir, PriorConfig, "prior")
@@ -109,6 +104,27 @@ def load_teacher(
         check_against_vqvae(prior_cfg, vq_cfg)
     except ConfigError as err:
         raise ModelFolderError(f"{prior_dir} does not fit {vq_dir}: {err}") from None
+    return prior_dir, vq_dir, prior_cfg, vq_cfg
+
+
+def load_teacher(
+    teacher_dir: str | Path,
+    level: int,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> Teacher:
+    """Load and freeze the level-``level`` upsampler (in ``dtype``, default fp32: its scoring
+    pass computes logits in fp32 either way) and the VQ-VAE of ``teacher_dir``.
+
+    Checks that the prior is that level's upsampler, matches the VQ-VAE's geometry and, when
+    its ``vqvae.json`` names a fingerprint, was trained on this VQ-VAE's codes.
+    """
+    from teacher.data.labels import Vocab
+    from teacher.prior.model import Prior
+    from teacher.train.prior import VQVAE_LINK_FILE
+    from teacher.vqvae import VQVAE
+
+    prior_dir, vq_dir, prior_cfg, vq_cfg = read_teacher_configs(teacher_dir, level)
     # loaded on the CPU, then moved: safetensors refuses device strings such as "cpu:0"
     vqvae = VQVAE.from_pretrained(vq_dir).to(device).eval().requires_grad_(False)
     vq_fp = model_fingerprint(vq_dir)
@@ -145,4 +161,11 @@ def load_teacher(
     )
 
 
-__all__ = ["TEACHER_LINK_FILE", "VQVAE_FOLDER", "Teacher", "load_teacher", "teacher_paths"]
+__all__ = [
+    "TEACHER_LINK_FILE",
+    "VQVAE_FOLDER",
+    "Teacher",
+    "load_teacher",
+    "read_teacher_configs",
+    "teacher_paths",
+]

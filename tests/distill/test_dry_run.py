@@ -106,16 +106,7 @@ def test_dry_run_activations_equal_a_real_step(teacher_dir):
     prior = Prior.from_pretrained(teacher_dir / "middle").eval().requires_grad_(False)
     vqvae = VQVAE.from_pretrained(teacher_dir / "vqvae").eval().requires_grad_(False)
     student = CategoricalIAF(scfg).train()
-    teacher = Teacher(
-        prior=prior,
-        vqvae=vqvae,
-        vocab=None,
-        root=Path(),
-        prior_dir=Path(),
-        vqvae_dir=Path(),
-        fingerprint="",
-        vqvae_fingerprint="",
-    )
+    teacher = Teacher.in_memory(prior, vqvae)
     t = pc.n_ctx
     g = torch.Generator().manual_seed(0)
     data = {
