@@ -103,7 +103,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from benchmarks.bench_sampling import _port_dense_fixed  # noqa: E402
+from benchmarks.bench_sampling import _port_dense_fixed, port_modules  # noqa: E402
 from benchmarks.bench_sampling import build as build_bench_pair  # noqa: E402
 from benchmarks.bench_sampling import labels as bench_labels  # noqa: E402
 from benchmarks.tables import Table  # noqa: E402
@@ -480,12 +480,7 @@ def projection_table(rows: list[ReleasedRow], where: str) -> Table:
 def port_core(cfg: PriorConfig) -> Any:
     """transformers' ``JukeboxConditionalAutoregressive`` (the 2020 code's prior core) at the
     shapes of ``cfg``, random weights."""
-    import transformers
-    from transformers.models.deprecated.jukebox import configuration_jukebox as jc
-    from transformers.models.deprecated.jukebox import modeling_jukebox as jm
-
-    transformers.logging.set_verbosity_error()
-    jm.tqdm = functools.partial(jm.tqdm, disable=True)  # a display cost, not the algorithm
+    jc, jm = port_modules()
     tr = cfg.transformer
     pattern = {v: k for k, v in HF_ATTENTION_PATTERNS.items()}[tr.attn_order]
     hcfg = jc.JukeboxPriorConfig(

@@ -62,6 +62,7 @@ import logging  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -91,14 +92,21 @@ def _port_dense_fixed() -> Iterator[None]:
         jc.ATTENTION_PATTERNS["full_dense_attention"] = old
 
 
-def build(attn_order: int, seed: int = 0) -> tuple[object, Prior]:
-    """The port's ``JukeboxPrior`` (top level) with random weights, and ours with the same."""
+def port_modules() -> tuple[Any, Any]:
+    """transformers' Jukebox port, quiet: ``(configuration_jukebox, modeling_jukebox)`` with its
+    logging at errors and its tqdm bars off (a display cost, not the algorithm)."""
     import transformers
     from transformers.models.deprecated.jukebox import configuration_jukebox as jc
     from transformers.models.deprecated.jukebox import modeling_jukebox as jm
 
     transformers.logging.set_verbosity_error()
-    jm.tqdm = functools.partial(jm.tqdm, disable=True)  # a display cost, not the algorithm
+    jm.tqdm = functools.partial(jm.tqdm, disable=True)
+    return jc, jm
+
+
+def build(attn_order: int, seed: int = 0) -> tuple[object, Prior]:
+    """The port's ``JukeboxPrior`` (top level) with random weights, and ours with the same."""
+    jc, jm = port_modules()
     cfg = jc.JukeboxPriorConfig(
         level=0,
         music_vocab_size=BINS,
