@@ -70,6 +70,8 @@ START = -1
 NOISE_BLOCK = 64
 #: queries per call of a prior without blocked layers (its spare positions)
 DENSE_SPARE = 64
+#: causal masks of calls of at most this many queries (and < max_queries keys before) are kept
+MASK_CACHE_QUERIES = 16
 _BLOCKED = frozenset(
     {AttnKind.ROW, AttnKind.COLUMN, AttnKind.PREV_ROW, AttnKind.SUMMARY, AttnKind.SUMMARY_SPREAD}
 )
@@ -173,7 +175,7 @@ class DecodingEngine:
                 p.detach().float()
                 for p in (block.ln_0.weight, block.ln_0.bias, block.ln_1.weight, block.ln_1.bias)
             )
-            self.layers.append((block, kv, lns))
+            self.layers.append((block, kv, lns, (kv[0], kv[1])))
         self.head_t = core.x_out.weight[self.shift :].detach().float().t().contiguous()
         self.emb = weight
         # static inputs and outputs
@@ -191,6 +193,7 @@ class DecodingEngine:
         # Gumbel noise of the next sample steps, row noise_row for the next one (set_noise)
         self.noise = torch.zeros(NOISE_BLOCK, b, self.l_bins, dtype=torch.float32, device=dev)
         self.noise_row = torch.zeros((), dtype=torch.long, device=dev)
+        self._noise_at = 0  # the same, on the host (eager)
         self.temperature = torch.ones((), dtype=torch.float32, device=dev)
         self._rows = torch.arange(b, device=dev)
         self.shared: int | None = 0  # the position every row stands at (None: rows differ)
@@ -199,6 +202,7 @@ class DecodingEngine:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._step_fn: Callable[[], Tensor] = self._step
         self.calls = 0  # multi-query calls (priming and verification)
+        self._masks: dict[tuple[int, int], Tensor] = {}  # causal masks by (keys before, queries)
         #: prime and summary layers: every row must stand at the same position
         self.rows_together = bool(kinds & _SHARED)
 
@@ -234,7 +238,7 @@ class DecodingEngine:
             if self.out_add is not None:
                 self.out_add[: xc.shape[0]] = xc
         self.start.copy_(core.start_embedding(cond.start, b)[:, 0].to(self.dtype))
-        for block, kv, _ in self.layers:
+        for block, kv, _, _ in self.layers:
             if block.attn.kind == AttnKind.CROSS:
                 k, v = block.attn.encoder_keys_values(cond.encoder_kv, self.start[:, None])
                 kv[0].copy_(k)
@@ -292,10 +296,14 @@ class DecodingEngine:
 
     def _sample_body(self) -> None:
         logits = self._step_fn()
-        g = self.noise.index_select(0, self.noise_row.view(1))[0]
+        if self.static:  # the row index lives on the device (a graph replays it)
+            g = self.noise.index_select(0, self.noise_row.view(1))[0]
+            self.noise_row.add_(1)
+        else:
+            g = self.noise[self._noise_at]
+            self._noise_at += 1
         torch.argmax(torch.addcmul(logits, g, self.temperature), dim=-1, out=self.token)
-        self.prev.copy_(self.token + self.shift)
-        self.noise_row.add_(1)
+        torch.add(self.token, self.shift, out=self.prev)
 
     def set_noise(self, noise: Tensor, temperature: float) -> None:
         """Use ``noise`` (``Tensor[R, B, l_bins]`` standard Gumbel, ``R <= NOISE_BLOCK``) for
@@ -303,6 +311,7 @@ class DecodingEngine:
         τ·g)``)."""
         self.noise[: noise.shape[0]].copy_(noise)
         self.noise_row.zero_()
+        self._noise_at = 0
         self.temperature.fill_(float(temperature))
 
     def set_token(self, token: Tensor) -> None:
@@ -312,7 +321,8 @@ class DecodingEngine:
     def _capture(self) -> None:
         """Capture :meth:`_sample_body` as a CUDA graph (after warm-up runs on a side stream
         that leave the state as it was)."""
-        state = [self.pos, self.prev, self.token, self.noise_row] + [kv for _, kv, _ in self.layers]
+        kvs = [layer[1] for layer in self.layers]
+        state = [self.pos, self.prev, self.token, self.noise_row, *kvs]
         saved = [t.clone() for t in state]
         stream = torch.cuda.Stream(device=self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -427,10 +437,16 @@ class DecodingEngine:
         """The additive mask ``(n, k0 + n)`` of n queries after ``k0`` keys: query j sees keys
         ``<= k0 + j`` (0 there, −inf elsewhere; additive in the weights' dtype, so attention
         does not convert a boolean mask in every layer)."""
-        ar = torch.arange(k0 + n, device=self.device)
-        seen = ar <= (k0 + torch.arange(n, device=self.device))[:, None]
-        mask = torch.zeros(n, k0 + n, dtype=self.dtype, device=self.device)
-        return mask.masked_fill_(~seen, float("-inf"))
+        mask = self._masks.get((k0, n))
+        if mask is None:
+            ar = torch.arange(k0 + n, device=self.device)
+            seen = ar <= (k0 + torch.arange(n, device=self.device))[:, None]
+            mask = torch.zeros(n, k0 + n, dtype=self.dtype, device=self.device)
+            mask.masked_fill_(~seen, float("-inf"))
+            if n <= MASK_CACHE_QUERIES and k0 < self.max_queries:
+                # kept: verification rounds inside a block meet the same few shapes
+                self._masks[k0, n] = mask
+        return mask
 
     # -- positions -------------------------------------------------------------------------------
 
@@ -512,19 +528,18 @@ class DecodingEngine:
         """The transformer on ``x`` ``Tensor[B·N, D]`` at the positions of ``geo`` (or, one
         eager position shared by the rows, at the host position ``geo``; or N eager positions
         from a shared host position, a :class:`_Span`)."""
-        for block, kv, (w0, b0, w1, b1) in self.layers:
+        for block, kv, (w0, b0, w1, b1), kv_pair in self.layers:
             attn, mlp = block.attn, block.mlp
             h = self._norm(x, w0, b0, block.ln_0.eps)
             if isinstance(geo, int):
-                a = self._attention_at(attn, kv, h, geo, b)
+                a = self._attention_at(attn, kv, kv_pair, h, geo, b)
             elif isinstance(geo, _Span):
                 a = self._attention_span(attn, kv, h, geo, b)
             else:
                 a = self._attention(attn, kv, h, geo, b, n)
             a = torch.addmm(attn.c_proj.b, a, attn.c_proj.w)
             xa = x + a
-            h = torch.addmm(mlp.c_fc.b, self._norm(xa, w1, b1, block.ln_1.eps), mlp.c_fc.w)
-            m = torch.addmm(mlp.c_proj.b, h * torch.sigmoid(1.702 * h), mlp.c_proj.w)
+            m = mlp.step(self._norm(xa, w1, b1, block.ln_1.eps))
             x = xa + m if block.res_scale == 1.0 else x + block.res_scale * (a + m)
         return x
 
@@ -613,44 +628,53 @@ class DecodingEngine:
         return a.transpose(1, 2).reshape(b * n, heads * dh)
 
     def _attention_at(
-        self, attn: FactoredAttention, kv: Tensor, x: Tensor, p: int, b: int
+        self,
+        attn: FactoredAttention,
+        kv: Tensor,
+        kv_pair: tuple[Tensor, Tensor],
+        x: Tensor,
+        p: int,
+        b: int,
     ) -> Tensor:
         """The eager one-position attention (every row at host position ``p``): the same
-        layouts, written and read as views."""
+        layouts, written and read as views (``kv_pair``: the buffer's keys and values, views
+        made once)."""
         heads, dh, kind, scale, bc = attn.heads, attn.head_dim, attn.kind, attn.scale, self.bc
+        k, v = kv_pair
         if kind == AttnKind.CROSS:
             q = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, heads, 1, dh)
-            return self._attend(q, kv[0], kv[1], None, scale).reshape(b, heads * dh)
-        qkv = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, 3, heads, dh)
-        q = qkv[:, 0].unsqueeze(2)  # (B, H, 1, Dh)
-        new = qkv[:, 1:].transpose(0, 1)  # (2, B, H, Dh)
+            return self._attend(q, k, v, None, scale).view(b, heads * dh)
+        # (B, 3, H, 1, Dh): q = [:, 0] is (B, H, 1, Dh), the new keys/values one slot each
+        qkv = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, 3, heads, 1, dh)
+        new = qkv[:, 1:].transpose(0, 1)  # (2, B, H, 1, Dh)
         n, i = divmod(p, bc) if bc else (0, 0)
         if kind == AttnKind.DENSE:
-            kv.select(3, p).copy_(new)
-            keys = kv.narrow(3, 0, p + 1)
+            kv.narrow(3, p, 1).copy_(new)
+            s0, length = 0, p + 1
         elif kind == AttnKind.ROW:
             s0 = (n % 2) * bc
-            kv.select(3, s0 + i).copy_(new)
-            keys = kv.narrow(3, s0, i + 1)
+            kv.narrow(3, s0 + i, 1).copy_(new)
+            length = i + 1
         elif kind == AttnKind.COLUMN:
             nbs = self.nb + 1
-            kv.select(3, i * nbs + n).copy_(new)
-            keys = kv.narrow(3, i * nbs, n + 1)
+            s0, length = i * nbs, n + 1
+            kv.narrow(3, s0 + n, 1).copy_(new)
         elif kind == AttnKind.PREV_ROW:
-            kv.select(3, (n % 3) * bc + i).copy_(new)
+            kv.narrow(3, (n % 3) * bc + i, 1).copy_(new)
             if n == 0:  # the reference attends to a zero block: exactly 0
                 return x.new_zeros(b, heads * dh)
-            keys = kv.narrow(3, ((n - 1) % 3) * bc, bc)
+            s0, length = ((n - 1) % 3) * bc, bc
         elif kind == AttnKind.PRIME:
             if p < self.prime:
-                kv.select(3, p).copy_(new)
-            keys = kv.narrow(3, 0, min(p + 1, self.prime))
+                kv.narrow(3, p, 1).copy_(new)
+            s0, length = 0, min(p + 1, self.prime)
         else:  # summary kinds: slot n+1 takes the tail of block n
             s, t0 = self.spread, bc - self.spread
             if i >= t0 and n + 1 < self.nb:
-                kv.select(3, (n + 1) * s + i - t0).copy_(new)
-            keys = kv.narrow(3, 0, min((n + 1) * s + max(0, i - t0 + 1), self.nb * s))
-        return self._attend(q, keys[0], keys[1], None, scale).reshape(b, heads * dh)
+                kv.narrow(3, (n + 1) * s + i - t0, 1).copy_(new)
+            s0, length = 0, min((n + 1) * s + max(0, i - t0 + 1), self.nb * s)
+        keys, values = k.narrow(2, s0, length), v.narrow(2, s0, length)
+        return self._attend(qkv[:, 0], keys, values, None, scale).view(b, heads * dh)
 
     def _attention_span(
         self, attn: FactoredAttention, kv: Tensor, x: Tensor, span: _Span, b: int
@@ -702,6 +726,7 @@ class DecodingEngine:
         dynamic=False`` by default): one graph for every position."""
         opts = {"fullgraph": True, "dynamic": False, **kwargs}
         self.static = True
+        self.noise_row.fill_(self._noise_at)
         self._step_fn = torch.compile(self._step, **opts)
 
 

@@ -147,6 +147,10 @@ class TransformerConfig:
         return self
 
 
+#: quick-GELU's slope: ``x * sigmoid(1.702 x)``
+GELU_SCALE = 1.702
+
+
 class MLP(nn.Module):
     """``c_proj(quick_gelu(c_fc(x)))``; quick-GELU ``x * sigmoid(1.702 x)`` (Jukebox ``ops``)."""
 
@@ -166,7 +170,16 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, T, D) -> (B, T, D)."""
         h = self.c_fc(x)
-        return self.resid_dropout(self.c_proj(h * torch.sigmoid(1.702 * h)))
+        return self.resid_dropout(self.c_proj(h * torch.sigmoid(GELU_SCALE * h)))
+
+    def step(self, x: Tensor) -> Tensor:
+        """The MLP of ``x`` ``Tensor[N, D]`` -> ``Tensor[N, D]`` in three kernels: with
+        ``s = 1.702``, ``h·σ(s·h) = silu(s·h) / s``, the scale folded into the two products'
+        ``alpha`` and ``beta`` (no copy of the weights; equal up to rounding)."""
+        h = torch.addmm(self.c_fc.b, x, self.c_fc.w, beta=GELU_SCALE, alpha=GELU_SCALE)
+        return torch.addmm(
+            self.c_proj.b, torch.nn.functional.silu(h), self.c_proj.w, alpha=1.0 / GELU_SCALE
+        )
 
 
 class ResAttnBlock(nn.Module):
@@ -223,8 +236,7 @@ class ResAttnBlock(nn.Module):
         a = attn.step(_layer_norm(x, self.ln_0), encoder_kv, cache, position)
         a = torch.addmm(attn.c_proj.b, a, attn.c_proj.w)
         xa = x + a
-        h = torch.addmm(mlp.c_fc.b, _layer_norm(xa, self.ln_1), mlp.c_fc.w)
-        m = torch.addmm(mlp.c_proj.b, h * torch.sigmoid(1.702 * h), mlp.c_proj.w)
+        m = mlp.step(_layer_norm(xa, self.ln_1))
         if self.res_scale == 1.0:
             return xa + m
         return x + self.res_scale * (a + m)

@@ -9,8 +9,8 @@ import dataclasses
 import pytest
 import torch
 
-from teacher.generate.engine import START, DecodingEngine, engine_for
-from teacher.generate.sampler import sample_window
+from teacher.generate.engine import NOISE_BLOCK, START, DecodingEngine, engine_for
+from teacher.generate.sampler import gumbel_noise, sample_window
 from teacher.presets import tiny_top_prior, tiny_upsampler
 from teacher.prior.model import Prior
 from teacher.prior.transformer import TransformerConfig
@@ -221,6 +221,29 @@ def test_half_precision_tracks_fp32(dtype, tol):
             assert err < tol, (static, err)
         codes = sample_window(half, B, cond, 20, generator=torch.Generator().manual_seed(0))
     assert codes.shape == (B, 20) and codes.dtype == torch.long
+
+
+def test_eager_and_static_sample_steps_draw_the_same_codes():
+    """The eager step counts its noise rows on the host, the static one on the device: the
+    same noise blocks (two set_noise calls, the first one not used up) give the same codes."""
+    prior = _random_prior(tiny_upsampler(1))
+    _, labels, upper = _inputs(prior)
+    g = torch.Generator().manual_seed(3)
+    blocks = [gumbel_noise((n, B, prior.cfg.l_bins), g) for n in (16, 9)]
+    outs = []
+    with torch.no_grad():
+        cond = prior.condition(labels, upper)
+        for static in (False, True):
+            engine = DecodingEngine(prior, B, static=static)
+            engine.begin(cond)
+            codes = []
+            for noise in blocks:
+                engine.set_noise(noise, 0.9)
+                codes += [engine.sample_step().clone() for _ in range(noise.shape[0])]
+            outs.append(torch.stack(codes, 1))
+    assert outs[0].shape == (B, 25) and NOISE_BLOCK > 16
+    assert torch.equal(outs[0], outs[1])
+    assert len(outs[0].unique()) > 4  # the draws vary
 
 
 @pytest.mark.slow
