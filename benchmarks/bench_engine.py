@@ -142,7 +142,13 @@ RELEASED: dict[str, Callable[[], PriorConfig]] = {
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 BATCHES = (1, 16)
 DEMO_BATCHES = (1, 4)
-METHODS = ("(a) engine eager", "(b) engine static", "(c) today", "(d) 2020 port")
+METHODS = (
+    "(a) engine eager",
+    "(b) engine static",
+    "(c) today",
+    "(d) 2020 port",
+    "(e) products only",
+)
 
 
 def _gib(n: float | None) -> str:
@@ -614,6 +620,29 @@ class TodayMethod(Method):
             prev = z.argmax(-1) + shift
 
 
+class ProductsMethod(Method):
+    """The step's matrix products alone, nothing else: every layer's four (attention input
+    and output projections, the MLP's two) and the head, with the prior's weights on ``B``
+    rows -- what any eager step must at least spend, whatever its overhead."""
+
+    def __init__(self, prior: Prior, b: int, n: int) -> None:
+        core, self.n = prior.prior, n
+        g = torch.Generator().manual_seed(3)
+        self.mats = []
+        for block in core.transformer._attn_mods:
+            for lin in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+                x = torch.randn(b, lin.w.shape[0], generator=g).to(lin.w.dtype)
+                self.mats.append((lin.b, x, lin.w))
+        head_t = core.x_out.weight[prior.cfg.vocab_offset :].float().t().contiguous()
+        self.head = (torch.randn(b, head_t.shape[0], generator=g), head_t)
+
+    def run(self) -> None:
+        for _ in range(self.n):
+            for bias, x, w in self.mats:
+                torch.addmm(bias, x, w)
+            torch.mm(*self.head)
+
+
 class PortMethod(Method):
     """transformers' port of the 2020 code: ``primed_sample``'s priming and per-token loop."""
 
@@ -696,6 +725,7 @@ def measure_demo(shape: DemoShape, b: int, steps: int, rounds: int) -> DemoRow:
             METHODS[1]: EngineMethod(prior, cond, tokens, p0, n, static=True),
             METHODS[2]: TodayMethod(prior, cond, tokens, p0, n),
             METHODS[3]: PortMethod(shape.port, cond, tokens, p0, n),
+            METHODS[4]: ProductsMethod(prior, b, n),
         }
         times: dict[str, list[float]] = {k: [] for k in methods}
         for r in range(rounds + 1):  # round 0 warms up
@@ -724,22 +754,27 @@ def demo_table(rows: list[DemoRow], steps: int, rounds: int, threads: int) -> Ta
             "(b) static",
             "(c) today",
             "(d) 2020 port",
+            "(e) products only",
             "(c)/(a)",
             "(c)/(b)",
             "(d)/(a)",
             "(d)/(b)",
+            "(a)/(e)",
+            "(d)/(e)",
             "target",
         ],
         note=(
             f"{steps} steps per measurement (fewer where the window is shorter), starting at "
             "the middle of the window after priming the same random tokens (untimed); rounds "
-            "of a-b-c-d interleaved; ratios > 1 = the engine is faster. Targets: the engine no "
+            "of a-b-c-d-e interleaved; ratios > 1 = the engine is faster. (e): the step's "
+            "matrix products alone (4 per layer + the head), a floor no eager step goes under; "
+            "(d)/(e) bounds what any step could gain over the port. Targets: the engine no "
             f"slower than today's step at the demo shapes ((c)/(a) >= {GOAL_TODAY:g}), >= "
             f"{GOAL_PORT:g}x the 2020 port at the bench config ((d)/(a))."
         ),
     )
     for r in rows:
-        a, b_, c, d = (r.ms[k] for k in METHODS)
+        a, b_, c, d, e = (r.ms[k] for k in METHODS)
         target = f"(d)/(a) >= {GOAL_PORT:g}" if r.bench else f"(c)/(a) >= {GOAL_TODAY:g}"
         t.add(
             r.shape,
@@ -749,10 +784,13 @@ def demo_table(rows: list[DemoRow], steps: int, rounds: int, threads: int) -> Ta
             f"{b_:.3f}",
             f"{c:.3f}",
             f"{d:.3f}",
+            f"{e:.3f}",
             f"{c / a:.2f}x",
             f"{c / b_:.2f}x",
             f"{d / a:.2f}x",
             f"{d / b_:.2f}x",
+            f"{a / e:.2f}x",
+            f"{d / e:.2f}x",
             target,
         )
     return t
