@@ -100,6 +100,7 @@ from distill.speculative import (  # noqa: E402
     DEFAULT_GAMMA,
     SpeculativeStats,
     expected_tokens_per_pass,
+    ideal_speedup,
     parse_gamma,
     predicted_speedup,
 )
@@ -286,13 +287,19 @@ def speed_section(
             "accept ms/round",
             "rewind ms/round",
             "round / exact step",
+            "draft / exact step",
             "predicted x exact",
             "measured x exact",
+            "bound x exact",
         ],
         note="ms per round of all rows (the wall time of the rounds' parts, timed with a device "
         "sync). Predicted = E[codes per round] x exact step / (g x draft + verify + accept + "
         "rewind), E[codes] = (1 - a^(g+1)) / (1 - a), exact step = exact seconds / codes per "
-        "row; measured = exact seconds / speculative seconds (priming included).",
+        "row; measured = exact seconds / speculative seconds (priming included). Bound = the "
+        "best any round could do with this draft cost and acceptance: verification at the cost "
+        "of one exact step, accept and rewind free, the best gamma <= 8 "
+        "(max_g E[codes] / (g x draft / step + 1)); below 1, no tuning of the round makes "
+        "speculative mode pay here.",
     )
     raw: dict[str, Any] = {}
     with torch.inference_mode():
@@ -363,6 +370,7 @@ def speed_section(
                         "exact_step": step_s,
                         "predicted": predicted,
                         "measured": ratio,
+                        "bound": ideal_speedup(alpha, parts["draft"] / step_s),
                     }
                     cost.add(
                         label,
@@ -373,8 +381,10 @@ def speed_section(
                         1e3 * parts["accept"],
                         1e3 * parts["rewind"],
                         per_round / step_s,
+                        parts["draft"] / step_s,
                         predicted,
                         ratio,
+                        ideal_speedup(alpha, parts["draft"] / step_s),
                     )
     return speed, spec, cost, raw
 

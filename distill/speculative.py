@@ -399,6 +399,16 @@ def predicted_speedup(
     return expected_tokens_per_pass(alpha, gamma) * step_s / cost if cost > 0 else 0.0
 
 
+def ideal_speedup(alpha: float, draft_steps: float, max_gamma: int = 8) -> float:
+    """The most any round could gain over exact sampling with drafts that cost
+    ``draft_steps`` exact steps each at acceptance ``alpha``: verification at the cost of one
+    exact step, accept and rewind free, the best γ in ``1 … max_gamma`` (``max_γ E[codes](α,
+    γ) / (γ · draft_steps + 1)``). Below 1 no tuning of the round makes speculative mode pay."""
+    return max(
+        predicted_speedup(alpha, g, draft_steps, 1.0, 0.0, 1.0) for g in range(1, max_gamma + 1)
+    )
+
+
 def best_gamma(
     alpha: float, draft_s: float, verify_s: Callable[[int], float], accept_s: float, limit: int
 ) -> int:
@@ -796,6 +806,7 @@ __all__ = [
     "StudentDraw",
     "best_gamma",
     "expected_tokens_per_pass",
+    "ideal_speedup",
     "make_proposal",
     "parse_gamma",
     "predicted_speedup",

@@ -21,6 +21,7 @@ from distill.speculative import (
     SpeculativeSampler,
     best_gamma,
     expected_tokens_per_pass,
+    ideal_speedup,
     parse_gamma,
     predicted_speedup,
     receptive_field,
@@ -432,6 +433,20 @@ def test_best_gamma_trades_acceptance_against_the_cost_of_a_round():
     # the predicted speedup is tokens per round over the round's cost in exact steps
     assert predicted_speedup(0.0, 3, 0.0, 1.0, 0.0, 1.0) == 1.0
     assert abs(predicted_speedup(0.8, 4, 0.1, 1.0, 0.0, 1.0) - 3.3616 / 1.4) < 1e-9
+
+
+def test_the_ideal_speedup_bounds_every_round_of_a_given_draft_cost():
+    # free drafts: the best γ is the longest and the bound is its tokens per pass
+    assert ideal_speedup(0.8, 0.0, max_gamma=8) == expected_tokens_per_pass(0.8, 8)
+    # drafts at half a step, α = 0.5: γ = 1 gives 1.5 / 1.5, γ = 2 1.75 / 2: exactly break-even
+    assert abs(ideal_speedup(0.5, 0.5) - 1.0) < 1e-12
+    # the shipped demo pair on a CPU (bench_distill (b2)): drafts at 0.75 of a step never pay
+    # at the middle's acceptance, whatever γ; a 20x cheaper draft would pay 3x
+    assert ideal_speedup(0.64, 0.75) < 1.0
+    assert ideal_speedup(0.82, 0.05) > 3.0
+    # no real round beats it: any γ, any verify >= one step, any accept cost
+    for g in range(1, 9):
+        assert predicted_speedup(0.7, g, 0.3, 1.2, 0.1, 1.0) < ideal_speedup(0.7, 0.3)
 
 
 def test_auto_gamma_explores_then_chooses_and_stays_exact(long_prior):
