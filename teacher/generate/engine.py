@@ -61,6 +61,7 @@ from torch import Tensor
 
 from teacher.prior.attention import AttnKind, FactoredAttention
 from teacher.prior.model import Conditioning, Prior
+from teacher.prior.transformer import ResAttnBlock, quick_gelu_mlp
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,50 @@ class _Span:
     n: int
     dense_mask: Tensor | None = None
     pieces: list = field(default_factory=list)
+
+
+class _Layer:
+    """One transformer block as the engine runs it: its cache buffer ``kv`` ``(2, B, H, slots,
+    Dh)`` with the views ``k``, ``v``, and its tensors and constants as plain attributes, read
+    once (a module's submodules and parameters cost a ``Module.__getattr__`` per access, ~16 per
+    layer and step)."""
+
+    __slots__ = (
+        "attn",
+        "kv",
+        "k",
+        "v",
+        "kind",
+        "heads",
+        "dh",
+        "scale",
+        "qkv_w",
+        "qkv_b",
+        "proj_w",
+        "proj_b",
+        "mlp",
+        "ln_0",
+        "ln_1",
+        "res_scale",
+    )
+
+    def __init__(self, block: ResAttnBlock, kv: Tensor) -> None:
+        attn, mlp = block.attn, block.mlp
+        self.attn, self.kv, self.k, self.v = attn, kv, kv[0], kv[1]
+        self.kind, self.heads, self.dh, self.scale = (
+            attn.kind,
+            attn.heads,
+            attn.head_dim,
+            attn.scale,
+        )
+        self.qkv_w, self.qkv_b = attn.c_attn.w, attn.c_attn.b
+        self.proj_w, self.proj_b = attn.c_proj.w, attn.c_proj.b
+        self.mlp = (mlp.c_fc.w, mlp.c_fc.b, mlp.c_proj.w, mlp.c_proj.b)
+        self.ln_0, self.ln_1 = (
+            ((ln.weight.shape[0],), ln.weight.detach().float(), ln.bias.detach().float(), ln.eps)
+            for ln in (block.ln_0, block.ln_1)
+        )
+        self.res_scale = block.res_scale
 
 
 class DecodingEngine:
@@ -171,11 +216,7 @@ class DecodingEngine:
             kv = torch.zeros(
                 2, b, attn.heads, self._layout(attn), attn.head_dim, dtype=dt, device=dev
             )
-            lns = tuple(
-                p.detach().float()
-                for p in (block.ln_0.weight, block.ln_0.bias, block.ln_1.weight, block.ln_1.bias)
-            )
-            self.layers.append((block, kv, lns, (kv[0], kv[1])))
+            self.layers.append(_Layer(block, kv))
         self.head_t = core.x_out.weight[self.shift :].detach().float().t().contiguous()
         self.emb = weight
         # static inputs and outputs
@@ -238,11 +279,11 @@ class DecodingEngine:
             if self.out_add is not None:
                 self.out_add[: xc.shape[0]] = xc
         self.start.copy_(core.start_embedding(cond.start, b)[:, 0].to(self.dtype))
-        for block, kv, _, _ in self.layers:
-            if block.attn.kind == AttnKind.CROSS:
-                k, v = block.attn.encoder_keys_values(cond.encoder_kv, self.start[:, None])
-                kv[0].copy_(k)
-                kv[1].copy_(v)
+        for layer in self.layers:
+            if layer.kind == AttnKind.CROSS:
+                k, v = layer.attn.encoder_keys_values(cond.encoder_kv, self.start[:, None])
+                layer.k.copy_(k)
+                layer.v.copy_(v)
         self.rewind(0)
         if forced is not None and forced.shape[1]:
             inputs = torch.cat([forced.new_full((b, 1), START), forced[:, :-1]], dim=1)
@@ -271,7 +312,7 @@ class DecodingEngine:
                 x = x + self.out_add[self.pos, self._rows]
         else:
             p = self.shared
-            x = self.start if p == 0 else F.embedding(self.prev, self.emb)
+            x = self.start if p == 0 else torch.embedding(self.emb, self.prev)
             x = self._blocks(x + self.add[p], p, b, 1)
             if self.out_add is not None:
                 x = x + self.out_add[p]
@@ -321,7 +362,7 @@ class DecodingEngine:
     def _capture(self) -> None:
         """Capture :meth:`_sample_body` as a CUDA graph (after warm-up runs on a side stream
         that leave the state as it was)."""
-        kvs = [layer[1] for layer in self.layers]
+        kvs = [layer.kv for layer in self.layers]
         state = [self.pos, self.prev, self.token, self.noise_row, *kvs]
         saved = [t.clone() for t in state]
         stream = torch.cuda.Stream(device=self.device)
@@ -528,27 +569,28 @@ class DecodingEngine:
         """The transformer on ``x`` ``Tensor[B·N, D]`` at the positions of ``geo`` (or, one
         eager position shared by the rows, at the host position ``geo``; or N eager positions
         from a shared host position, a :class:`_Span`)."""
-        for block, kv, (w0, b0, w1, b1), kv_pair in self.layers:
-            attn, mlp = block.attn, block.mlp
-            h = self._norm(x, w0, b0, block.ln_0.eps)
+        norm = self._norm
+        for layer in self.layers:
+            h = norm(x, layer.ln_0)
             if isinstance(geo, int):
-                a = self._attention_at(attn, kv, kv_pair, h, geo, b)
+                a = self._attention_at(layer, h, geo, b)
             elif isinstance(geo, _Span):
-                a = self._attention_span(attn, kv, h, geo, b)
+                a = self._attention_span(layer, h, geo, b)
             else:
-                a = self._attention(attn, kv, h, geo, b, n)
-            a = torch.addmm(attn.c_proj.b, a, attn.c_proj.w)
+                a = self._attention(layer, h, geo, b, n)
+            a = torch.addmm(layer.proj_b, a, layer.proj_w)
             xa = x + a
-            m = mlp.step(self._norm(xa, w1, b1, block.ln_1.eps))
-            x = xa + m if block.res_scale == 1.0 else x + block.res_scale * (a + m)
+            m = quick_gelu_mlp(norm(xa, layer.ln_1), *layer.mlp)
+            x = xa + m if layer.res_scale == 1.0 else x + layer.res_scale * (a + m)
         return x
 
     @staticmethod
-    def _norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
-        """Layer norm in fp32 (the weights' dtype in and out)."""
+    def _norm(x: Tensor, ln: tuple[tuple[int], Tensor, Tensor, float]) -> Tensor:
+        """Layer norm in fp32 (the weights' dtype in and out); ``ln`` = (shape, fp32 weight,
+        fp32 bias, eps)."""
         if x.dtype == torch.float32:
-            return F.layer_norm(x, (x.shape[-1],), w, b, eps)
-        return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(x.dtype)
+            return torch.layer_norm(x, *ln)
+        return torch.layer_norm(x.float(), *ln).to(x.dtype)
 
     @staticmethod
     def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
@@ -578,27 +620,23 @@ class DecodingEngine:
         grid = kv.view(two, b, h, bc, nbs, dh)
         return grid[:, self._rows[:, None], :, cols].permute(2, 0, 3, 1, 4, 5)
 
-    def _project(
-        self, attn: FactoredAttention, kv: Tensor, x: Tensor, b: int, n: int
-    ) -> tuple[Tensor, Tensor | None]:
+    def _project(self, layer: _Layer, x: Tensor, b: int, n: int) -> tuple[Tensor, Tensor | None]:
         """``x`` ``Tensor[B·N, D]`` -> the queries ``(B, H, N, Dh)`` and the new keys and
         values ``(2, B, H, N, Dh)``; for cross-attention (keys and values fixed per window) the
         attended output ``Tensor[B·N, S]`` and None."""
-        heads, dh = attn.heads, attn.head_dim
-        if attn.kind == AttnKind.CROSS:
-            q = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, heads, dh).transpose(1, 2)
-            a = self._attend(q, kv[0], kv[1], None, attn.scale)
+        heads, dh = layer.heads, layer.dh
+        if layer.kind == AttnKind.CROSS:
+            q = torch.addmm(layer.qkv_b, x, layer.qkv_w).view(b, n, heads, dh).transpose(1, 2)
+            a = self._attend(q, layer.k, layer.v, None, layer.scale)
             return a.transpose(1, 2).reshape(b * n, heads * dh), None
-        qkv = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, n, 3, heads, dh)
+        qkv = torch.addmm(layer.qkv_b, x, layer.qkv_w).view(b, n, 3, heads, dh)
         return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1:].permute(2, 0, 3, 1, 4)
 
-    def _attention(
-        self, attn: FactoredAttention, kv: Tensor, x: Tensor, geo: _Geometry, b: int, n: int
-    ) -> Tensor:
+    def _attention(self, layer: _Layer, x: Tensor, geo: _Geometry, b: int, n: int) -> Tensor:
         """One layer's attention of ``x`` ``Tensor[B·N, D]`` -> ``Tensor[B·N, S]``: write the
         new keys/values at their slots, attend over the buffer (or gathered slots) masked."""
-        heads, dh, kind, scale = attn.heads, attn.head_dim, attn.kind, attn.scale
-        q, new = self._project(attn, kv, x, b, n)
+        heads, dh, kind, scale, kv = layer.heads, layer.dh, layer.kind, layer.scale, layer.kv
+        q, new = self._project(layer, x, b, n)
         if new is None:  # cross-attention: attended already
             return q
         if kind == AttnKind.DENSE:
@@ -627,25 +665,16 @@ class DecodingEngine:
             a = self._attend(q, kv[0], kv[1], mask, scale)
         return a.transpose(1, 2).reshape(b * n, heads * dh)
 
-    def _attention_at(
-        self,
-        attn: FactoredAttention,
-        kv: Tensor,
-        kv_pair: tuple[Tensor, Tensor],
-        x: Tensor,
-        p: int,
-        b: int,
-    ) -> Tensor:
+    def _attention_at(self, layer: _Layer, x: Tensor, p: int, b: int) -> Tensor:
         """The eager one-position attention (every row at host position ``p``): the same
-        layouts, written and read as views (``kv_pair``: the buffer's keys and values, views
-        made once)."""
-        heads, dh, kind, scale, bc = attn.heads, attn.head_dim, attn.kind, attn.scale, self.bc
-        k, v = kv_pair
+        layouts, written and read as views."""
+        heads, dh, kind, scale, bc = layer.heads, layer.dh, layer.kind, layer.scale, self.bc
+        kv, k, v = layer.kv, layer.k, layer.v
         if kind == AttnKind.CROSS:
-            q = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, heads, 1, dh)
+            q = torch.addmm(layer.qkv_b, x, layer.qkv_w).view(b, heads, 1, dh)
             return self._attend(q, k, v, None, scale).view(b, heads * dh)
         # (B, 3, H, 1, Dh): q = [:, 0] is (B, H, 1, Dh), the new keys/values one slot each
-        qkv = torch.addmm(attn.c_attn.b, x, attn.c_attn.w).view(b, 3, heads, 1, dh)
+        qkv = torch.addmm(layer.qkv_b, x, layer.qkv_w).view(b, 3, heads, 1, dh)
         new = qkv[:, 1:].transpose(0, 1)  # (2, B, H, 1, Dh)
         n, i = divmod(p, bc) if bc else (0, 0)
         if kind == AttnKind.DENSE:
@@ -674,16 +703,18 @@ class DecodingEngine:
                 kv.narrow(3, (n + 1) * s + i - t0, 1).copy_(new)
             s0, length = 0, min((n + 1) * s + max(0, i - t0 + 1), self.nb * s)
         keys, values = k.narrow(2, s0, length), v.narrow(2, s0, length)
-        return self._attend(qkv[:, 0], keys, values, None, scale).view(b, heads * dh)
+        if self.dtype == torch.float32:  # the one call of most layers: no dispatch in Python
+            a = F.scaled_dot_product_attention(qkv[:, 0], keys, values, scale=scale)
+        else:
+            a = self._attend(qkv[:, 0], keys, values, None, scale)
+        return a.view(b, heads * dh)
 
-    def _attention_span(
-        self, attn: FactoredAttention, kv: Tensor, x: Tensor, span: _Span, b: int
-    ) -> Tensor:
+    def _attention_span(self, layer: _Layer, x: Tensor, span: _Span, b: int) -> Tensor:
         """The eager multi-query attention (every row at host position ``span.p0``, N queries):
         the same layouts written and read as views, one piece per block the queries touch."""
-        heads, dh, kind, scale, bc = attn.heads, attn.head_dim, attn.kind, attn.scale, self.bc
-        n, p0 = span.n, span.p0
-        q, new = self._project(attn, kv, x, b, n)
+        heads, dh, kind, scale, bc = layer.heads, layer.dh, layer.kind, layer.scale, self.bc
+        kv, n, p0 = layer.kv, span.n, span.p0
+        q, new = self._project(layer, x, b, n)
         if new is None:  # cross-attention: attended already
             return q
         if kind == AttnKind.DENSE:

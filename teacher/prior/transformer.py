@@ -173,13 +173,17 @@ class MLP(nn.Module):
         return self.resid_dropout(self.c_proj(h * torch.sigmoid(GELU_SCALE * h)))
 
     def step(self, x: Tensor) -> Tensor:
-        """The MLP of ``x`` ``Tensor[N, D]`` -> ``Tensor[N, D]`` in three kernels: with
-        ``s = 1.702``, ``h·σ(s·h) = silu(s·h) / s``, the scale folded into the two products'
-        ``alpha`` and ``beta`` (no copy of the weights; equal up to rounding)."""
-        h = torch.addmm(self.c_fc.b, x, self.c_fc.w, beta=GELU_SCALE, alpha=GELU_SCALE)
-        return torch.addmm(
-            self.c_proj.b, torch.nn.functional.silu(h), self.c_proj.w, alpha=1.0 / GELU_SCALE
-        )
+        """The MLP of ``x`` ``Tensor[N, D]`` -> ``Tensor[N, D]`` in three kernels
+        (:func:`quick_gelu_mlp`)."""
+        return quick_gelu_mlp(x, self.c_fc.w, self.c_fc.b, self.c_proj.w, self.c_proj.b)
+
+
+def quick_gelu_mlp(x: Tensor, fc_w: Tensor, fc_b: Tensor, proj_w: Tensor, proj_b: Tensor) -> Tensor:
+    """``(q(x·fc_w + fc_b))·proj_w + proj_b`` with quick-GELU ``q(h) = h·σ(s·h)``, ``s = 1.702``,
+    for ``x`` ``Tensor[N, D]`` in three kernels: ``q(h) = silu(s·h) / s``, the scale folded into
+    the two products' ``alpha`` and ``beta`` (no copy of the weights; equal up to rounding)."""
+    h = torch.addmm(fc_b, x, fc_w, beta=GELU_SCALE, alpha=GELU_SCALE)
+    return torch.addmm(proj_b, torch.nn.functional.silu(h), proj_w, alpha=1.0 / GELU_SCALE)
 
 
 class ResAttnBlock(nn.Module):
