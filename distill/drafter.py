@@ -36,6 +36,16 @@ from torch import Tensor
 from student.categorical import CategoricalIAF
 
 
+def step_parameters(student: CategoricalIAF, stage: int | None = None) -> int:
+    """Weights one :meth:`IncrementalStage.step` reads: every dilated layer's taps, residual and
+    skip products and the output layers of the stage (default the final one); its conditioning
+    projection is made once per window and its input is one row of a table."""
+    k = student.n_passes - 1 if stage is None else stage
+    stack = student.stage_net(k).net
+    mods = [m for layer in stack.layers for m in (layer.conv, layer.res, layer.skip) if m]
+    return sum(p.numel() for m in [*mods, stack.out] for p in m.parameters())
+
+
 class IncrementalStage:
     """One stage of a categorical student, stepped position by position (module docs).
 
@@ -223,4 +233,4 @@ class IncrementalStage:
         return torch.stack(out, dim=1)
 
 
-__all__ = ["IncrementalStage"]
+__all__ = ["IncrementalStage", "step_parameters"]

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from distill.speculative import (
     DEFAULT_GAMMA,
+    DRAFTS,
     SpeculativeSampler,
     SpeculativeStats,
     parse_gamma,
@@ -531,6 +532,7 @@ class FastJukebox:
         student_temperature: PerLevel = 1.0,
         chunk_size: int | None = DEFAULT_CHUNK,
         student_chunk_size: int | None = None,
+        draft: str = "auto",
     ) -> dict[int, _Timed]:
         """A timed :class:`LevelSampler` per planned level (:meth:`plan`)."""
         temps = per_level(temperature, self.levels, DEFAULT_TEMPERATURE)
@@ -558,6 +560,7 @@ class FastJukebox:
                     top_p=top_p,
                     student_temperature=s_temps[lv],
                     chunk_size=chunk_size,
+                    draft=draft,
                 )
             out[lv] = _Timed(inner, stats)
         return out
@@ -595,6 +598,7 @@ class FastJukebox:
         gamma: int | str = DEFAULT_GAMMA,
         student_temperature: PerLevel = 1.0,
         student_chunk_size: int | None = None,
+        draft: str = "auto",
     ) -> FastGenerationResult:
         """Run the teacher's ``entry`` with a sampler per level chosen by the mode.
 
@@ -608,6 +612,8 @@ class FastJukebox:
             student_temperature: the students' temperature (one value or per level); 1.0
                 samples the distribution they were distilled to match.
             student_chunk_size: :class:`StudentSampler`'s memory chunking (None: one call).
+            draft: how categorical students draft in speculative levels: ``incremental``,
+                ``window`` or ``auto`` (:func:`distill.speculative.choose_draft`).
 
         Everything else is ``entry``'s (``temperature``, ``top_k``, ``top_p`` are the
         teacher's, in exact and speculative levels alike). Everything is validated and the
@@ -619,6 +625,7 @@ class FastJukebox:
             gamma=gamma,
             student_temperature=student_temperature,
             student_chunk_size=student_chunk_size,
+            draft=draft,
         )
         for key in fast:
             if key in kwargs:
@@ -628,6 +635,8 @@ class FastJukebox:
         bound.apply_defaults()
         teacher = bound.arguments
         gamma = parse_gamma(gamma)
+        if fast["draft"] not in DRAFTS:
+            raise ConfigError(f"draft must be one of {', '.join(DRAFTS)}, got {fast['draft']!r}")
         plan = self.plan(mode, level_modes, teacher["levels"])
         samplers = self.samplers(
             plan,
@@ -638,6 +647,7 @@ class FastJukebox:
             fast["student_temperature"],
             teacher["chunk_size"],
             fast["student_chunk_size"],
+            fast["draft"],
         )
         teacher["samplers"] = samplers
         result = entry(*bound.args, **bound.kwargs)
@@ -656,6 +666,11 @@ class FastJukebox:
             }
         if any(m == "speculative" for m in plan.values()):
             info["gamma"] = gamma
+            info["draft"] = {
+                self._name(lv): s.inner.draft
+                for lv, s in samplers.items()
+                if isinstance(s.inner, SpeculativeSampler)
+            }
         for name, st in stats.items():
             spec = ""
             if st.speculative is not None:

@@ -52,6 +52,15 @@ The proposals
   ``q(x_t | x_<t) = softmax(stage(x_<t)[t] / τ_s)``, stepped one position at a time with
   per-layer queues of its dilated convolutions and the conditioning projected once per window:
   a draft costs one column of the stage, and each draft reads the drafts before it.
+* :class:`WindowProposal` (the same student, ``draft="window"``): ONE K-pass sample of the
+  whole window (:func:`student_sample`, the prefix forced) at the window's start; a round reads
+  its codes at ``m … m+γ−1`` as the drafts and its final stage's ``softmax(logits / τ_s)``
+  there as q. Exact by the argument above: the stages are causal, so q_t is a function of the
+  noise ``g_<t`` and ``d_t = argmax(log q_t + g_t)``; nothing the rounds before t use (drafts at
+  positions < t, coins, residual draws) depends on ``g_t``. q_t does not see the accepted
+  prefix (it reads the student's own previous stage), so acceptance is lower than
+  incremental drafting, but a round costs no student work at all: it pays where a draft step
+  costs as much as a teacher step (small teachers on a CPU, :func:`choose_draft`).
 * :class:`GaussianProposal` (affine IAF baseline): it has no token-level stage (its flows read
   continuous vectors), so each round runs its K flows over a span (its receptive field before
   m, plus γ) with fresh noise and the row's accepted prefix forced; ``q`` is its calibrated
@@ -78,7 +87,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.drafter import IncrementalStage
+from distill.drafter import IncrementalStage, step_parameters
 from student.base import Student, gumbel_noise
 from teacher.config import ConfigError
 from teacher.generate.engine import START, engine_for
@@ -93,6 +102,13 @@ DEFAULT_PRIME_CHUNK = 1024
 DEFAULT_GAMMA = 4
 #: the largest γ (the drafter's spare positions past a window's end)
 MAX_GAMMA = 64
+#: how a categorical student drafts: ``incremental`` (its final stage stepped per draft, reading
+#: the accepted prefix), ``window`` (one K-pass sample per window, read per round) or ``auto``
+#: (:func:`choose_draft`)
+DRAFTS = ("auto", "incremental", "window")
+#: ``draft="auto"`` drafts by window when one incremental draft step reads at least this
+#: fraction of the weights of one teacher step
+WINDOW_DRAFT_RATIO = 0.25
 #: the largest γ ``gamma="auto"`` considers
 MAX_AUTO_GAMMA = 12
 #: ``gamma="auto"`` explores these γ for :data:`AUTO_ROUNDS` rounds each, then picks
@@ -320,6 +336,37 @@ class CategoricalProposal(_StudentProposal):
         return torch.stack(tokens, 1), torch.softmax(torch.stack(logits, 1), dim=-1)
 
 
+class WindowProposal(_StudentProposal):
+    """Drafts from one K-pass sample of the whole window by a
+    :class:`~student.categorical.CategoricalIAF` (module docs): :meth:`begin` samples the
+    window with the prefix forced; :meth:`draft` reads that sample's codes and its final stage's
+    distribution at the rows' positions. K passes per window, none per round."""
+
+    family = "categorical"
+
+    def begin(self, codes, n_known, labels, upper, generator) -> None:
+        super().begin(codes, n_known, labels, upper, generator)
+        prefix = codes[:, :n_known] if n_known else None
+        draw = student_sample(self.student, self.cond, prefix, generator, self.temperature)
+        b, length, v = draw.logits.shape
+        # rows near the end may be asked past the window (discarded drafts): a spare of
+        # MAX_GAMMA positions, uniform there
+        self.tokens = torch.cat([draw.codes, draw.codes.new_zeros(b, MAX_GAMMA)], dim=1)
+        self.logits = torch.cat(
+            [draw.logits / self.temperature, draw.logits.new_zeros(b, MAX_GAMMA, v)], dim=1
+        )
+        self.passes += draw.passes
+
+    def draft(self, codes, m, gamma, generator) -> tuple[Tensor, Tensor]:
+        if all(x == m[0] for x in m):
+            at = slice(m[0], m[0] + gamma)
+            return self.tokens[:, at], torch.softmax(self.logits[:, at], dim=-1)
+        dev = self.tokens.device
+        cols = torch.tensor(m, device=dev)[:, None] + torch.arange(gamma, device=dev)
+        rows = torch.arange(len(m), device=dev)[:, None]
+        return self.tokens[rows, cols], torch.softmax(self.logits[rows, cols], dim=-1)
+
+
 class GaussianProposal(_StudentProposal):
     """Drafts from a :class:`~student.gaussian.GaussianIAF`: ``q`` = its calibrated logits over
     a span run with fresh noise and the row's accepted prefix forced; drafts drawn FROM q
@@ -353,13 +400,45 @@ class GaussianProposal(_StudentProposal):
         return torch.cat(tokens), torch.cat(probs)
 
 
-def make_proposal(student: Student, temperature: float = 1.0) -> Proposal:
-    """The proposal of a student's family."""
+def make_proposal(
+    student: Student, temperature: float = 1.0, draft: str = "incremental"
+) -> Proposal:
+    """The proposal of a student's family; a categorical student drafts ``incremental`` or by
+    ``window`` (module docs; resolve ``auto`` with :func:`choose_draft` first)."""
+    if draft not in DRAFTS[1:]:
+        raise ConfigError(f"draft must be one of {DRAFTS[1:]} here, got {draft!r}")
     if student.family == "categorical":
+        if draft == "window":
+            return WindowProposal(student, temperature)
         return CategoricalProposal(student, temperature)
     if student.family == "gaussian":
         return GaussianProposal(student, temperature)
     raise ConfigError(f"no speculative proposal for a {student.family!r} student")
+
+
+def draft_weight_ratio(prior: Prior, student: Student) -> float:
+    """Weights one incremental draft step reads (:func:`distill.drafter.step_parameters`) over
+    those one teacher step reads (the prior's transformer and its output head): about the cost
+    of a draft in teacher steps where both are bound by reading their weights."""
+    tr = prior.prior.transformer
+    teacher = sum(p.numel() for p in tr.parameters()) + prior.cfg.l_bins * tr.cfg.width
+    return step_parameters(student) / teacher
+
+
+def choose_draft(prior: Prior, student: Student, draft: str = "auto") -> str:
+    """``draft`` checked, ``auto`` resolved: ``window`` when an incremental draft step reads at
+    least :data:`WINDOW_DRAFT_RATIO` of a teacher step's weights (the demo's CPU students: 2.5x
+    the teacher's), else ``incremental`` (a released teacher: ~1% of it). Students other than
+    categorical draft their own way (:class:`GaussianProposal`): only ``auto`` is accepted."""
+    if draft not in DRAFTS:
+        raise ConfigError(f"draft must be one of {', '.join(DRAFTS)}, got {draft!r}")
+    if student.family != "categorical":
+        if draft != "auto":
+            raise ConfigError(f"draft={draft!r} is for categorical students, got {student}")
+        return "incremental"
+    if draft != "auto":
+        return draft
+    return "window" if draft_weight_ratio(prior, student) >= WINDOW_DRAFT_RATIO else "incremental"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,6 +582,8 @@ class SpeculativeSampler(LevelSampler):
         student_temperature: the student's sampling temperature (1.0: what it was distilled
             to match — the teacher at its distillation temperature).
         chunk_size: positions per call while priming a window on its prefix.
+        draft: how a categorical student drafts: ``incremental``, ``window`` or ``auto``
+            (module docs, :func:`choose_draft`); :attr:`draft` holds the one used.
         proposal: a custom :class:`Proposal` (tests, other draft models).
         profile: time the rounds' parts with a device sync between them
             (:attr:`SpeculativeStats.seconds`; always on a CPU, where a sync costs nothing).
@@ -526,6 +607,7 @@ class SpeculativeSampler(LevelSampler):
         proposal: Proposal | None = None,
         profile: bool = False,
         on_logits: LogitsHook | None = None,
+        draft: str = "auto",
     ) -> None:
         gamma = parse_gamma(gamma)
         self.auto = gamma == "auto"
@@ -539,7 +621,11 @@ class SpeculativeSampler(LevelSampler):
             if student is None:
                 raise ConfigError("speculative sampling needs a student (or a proposal)")
             _check_pair(prior, student)
-            proposal = make_proposal(student, student_temperature)
+            draft = choose_draft(prior, student, draft)
+            proposal = make_proposal(student, student_temperature, draft)
+        else:
+            draft = "custom"
+        self.draft = draft
         self.prior = prior.eval()
         self.proposal = proposal
         self.gamma = AUTO_START[0] if self.auto else int(gamma)
@@ -797,14 +883,18 @@ def _check_pair(prior: Prior, student: Student) -> None:
 __all__ = [
     "CategoricalProposal",
     "DEFAULT_GAMMA",
+    "DRAFTS",
+    "GaussianProposal",
     "MAX_AUTO_GAMMA",
     "MAX_GAMMA",
-    "GaussianProposal",
     "Proposal",
     "SpeculativeSampler",
     "SpeculativeStats",
     "StudentDraw",
+    "WindowProposal",
     "best_gamma",
+    "choose_draft",
+    "draft_weight_ratio",
     "expected_tokens_per_pass",
     "ideal_speedup",
     "make_proposal",

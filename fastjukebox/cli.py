@@ -206,6 +206,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     from distill.pipeline import FAST_MODES
+    from distill.speculative import DRAFTS
     from teacher.device import add_device_args
 
     p = sub.add_parser(
@@ -221,6 +222,14 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="speculative drafts per teacher pass (default 4), or auto: chosen from the "
         "measured acceptance and costs",
+    )
+    p.add_argument(
+        "--draft",
+        default="auto",
+        choices=DRAFTS,
+        help="how a categorical student drafts in speculative mode: incremental (its final "
+        "stage stepped per draft), window (one student sample per window, read per round) or "
+        "auto (window when a draft step costs a sizable part of a teacher step)",
     )
     p.add_argument(
         "--student_temperature", type=float, default=1.0, help="students' sampling temperature"
@@ -274,6 +283,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             raise ConfigError(f"--temperature: {err}") from None
         temperature = temps[0] if len(temps) == 1 else temps
     passed = ("artist", "top_k", "top_p", "seed", "mode", "level_modes", "student_temperature")
+    passed += ("draft",)
     passed += ("student_chunk_size",)
     common: dict[str, Any] = {k: getattr(args, k) for k in passed}  # flags taken as they are
     common.update(

@@ -89,6 +89,15 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     )
 
 
+def test_a_bad_draft_is_refused_before_any_model_loads(tmp_path, capsys):
+    argv = ["sample", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--mode", "speculative", "--draft", "parallel"])
+    assert exit_.value.code == 2
+    text = " ".join(capsys.readouterr().err.split())
+    assert "--draft" in text and "incremental" in text and "window" in text
+
+
 @pytest.mark.parametrize("gamma", ["0", "2.5", "fast", "65"])
 def test_a_bad_gamma_is_refused_before_any_model_loads(tmp_path, capsys, gamma):
     argv = ["sample", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]

@@ -167,10 +167,24 @@ def test_every_mode_gives_audio_of_the_requested_length(fj, mode, level_modes, w
             assert sp.tokens == st.codes and 0 < sp.acceptance_rate < 1
             assert sp.teacher_passes < st.codes  # fewer teacher passes than codes
             assert out.info["gamma"] == 3
+            assert out.info["draft"][name] in ("incremental", "window")
         else:
             assert st.speculative is None and st.student_passes == 0
     assert out.stats["top"].mode == "exact" and out.stats["top"].windows == 1
     assert json.dumps(out.info["stats"])  # JSON-ready for labels.json
+
+
+def test_the_draft_is_chosen_per_call_and_recorded(fj):
+    top = {2: torch.randint(0, 32, (1, 4))}
+    kw = dict(mode="speculative", seed=5, levels=("middle",), progress=False)
+    for draft in ("incremental", "window"):
+        out = fj.upsample(top, draft=draft, **kw)
+        assert out.info["draft"] == {"middle": draft}
+        assert out.stats["middle"].speculative.tokens == out.codes[1].numel()
+    with pytest.raises(ConfigError, match="draft must be one of"):
+        fj.upsample(top, draft="fast", **kw)
+    with pytest.raises(ConfigError, match="draft must be one of"):  # checked in every mode
+        fj.upsample(top, draft="fast", mode="exact", levels=("middle",), progress=False)
 
 
 def test_exact_mode_is_the_teachers_own_sampling(fj):

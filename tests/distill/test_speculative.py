@@ -19,7 +19,10 @@ from scipy.stats import chi2_contingency, chisquare
 from distill.speculative import (
     CategoricalProposal,
     SpeculativeSampler,
+    WindowProposal,
     best_gamma,
+    choose_draft,
+    draft_weight_ratio,
     expected_tokens_per_pass,
     ideal_speedup,
     parse_gamma,
@@ -168,15 +171,23 @@ def test_teacher_distribution_is_broad_and_exact_mode_matches_it(prior, exact_co
 
 
 @pytest.mark.parametrize(
-    "family, lockstep", [("categorical", False), ("categorical", True), ("gaussian", False)]
+    "family, draft, lockstep",
+    [
+        ("categorical", "incremental", False),
+        ("categorical", "incremental", True),
+        ("categorical", "window", False),
+        ("gaussian", "auto", False),
+    ],
 )
 def test_speculative_samples_the_teacher_distribution(
-    prior, students, exact_codes, family, lockstep
+    prior, students, exact_codes, family, draft, lockstep
 ):
     """4000 windows in batches of 500: every row advances on its own (its own position, rewinds
     and bonus tokens) — or, as priors with prime / summary layers need, the rows in lockstep
-    (a round ends at the first rejection of any row)."""
-    sp = SpeculativeSampler(prior, students[family], gamma=2)
+    (a round ends at the first rejection of any row); categorical drafts stepped per draft or
+    read from one student sample per window."""
+    sp = SpeculativeSampler(prior, students[family], gamma=2, draft=draft)
+    assert sp.draft == ("incremental" if family == "gaussian" else draft)
     engine = engine_for(prior, 500)
     engine.rows_together = lockstep
     try:
@@ -192,9 +203,10 @@ def test_speculative_samples_the_teacher_distribution(
         assert st.tokens_per_pass > 1.3
 
 
-def test_speculative_one_row_at_a_time_uses_multi_token_rounds(prior, students, exact_codes):
+@pytest.mark.parametrize("draft", ["incremental", "window"])
+def test_speculative_one_row_at_a_time_uses_multi_token_rounds(prior, students, exact_codes, draft):
     """Batch 1: rounds accept several drafts and end with a redraw or a bonus token."""
-    sp = SpeculativeSampler(prior, students["categorical"], gamma=2)
+    sp = SpeculativeSampler(prior, students["categorical"], gamma=2, draft=draft)
     codes = _speculative(sp, 1500, 1, seed=2)
     p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
     assert p_two > 0.01 and p_fit > 0.01, (p_two, p_fit)
@@ -213,7 +225,7 @@ class InvertedRatio(SpeculativeSampler):
 
 @pytest.mark.parametrize("broken", [AlwaysAccept, InvertedRatio])
 def test_a_broken_accept_rule_is_detected(prior, students, exact_codes, broken):
-    sp = broken(prior, students["categorical"], gamma=2)
+    sp = broken(prior, students["categorical"], gamma=2, draft="incremental")
     codes = _speculative(sp, 4000, 500, seed=1)
     p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
     assert p_two < 1e-3 and p_fit < 1e-3, (p_two, p_fit)
@@ -520,6 +532,54 @@ def test_categorical_drafts_are_draws_from_their_q(long_prior):
     keep = qn * n >= 5
     obs, exp = freq[keep], qn[keep] * n
     assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 0.01
+
+
+def test_window_drafts_are_draws_from_their_q(long_prior):
+    """A window proposal's drafts are its one student sample's codes and q its final stage's
+    distribution: right after a shared prefix q is the same in every row and the drafts follow
+    it; further on each row reads its own sample."""
+    student = make_student(long_prior, "categorical", seed=8)
+    prop = WindowProposal(student, temperature=0.8)
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    codes = torch.randint(8, (1, 32), generator=g).expand(n, -1).clone()
+    upper = torch.randint(8, (1, 8), generator=g).expand(n, -1)
+    with torch.no_grad():
+        prop.begin(codes, 10, None, upper, g)
+        d, q = prop.draft(codes, [10] * n, 3, g)
+        cond = student.condition(upper)[:, :32]
+        ref = student_sample(student, cond, codes[:, :10], torch.Generator().manual_seed(1), 0.8)
+    assert prop.passes == student.n_passes and d.shape == (n, 3) and q.shape == (n, 3, 8)
+    assert torch.equal(d, prop.tokens[:, 10:13]) and torch.equal(prop.tokens[:, :10], codes[:, :10])
+    assert torch.allclose(q[0, 0], q[-1, 0]) and not torch.allclose(q[0, 2], q[-1, 2])
+    # the same distribution at position 10 as any other sample of the student there
+    assert torch.allclose(q[0, 0], torch.softmax(ref.logits[0, 10] / 0.8, -1), atol=1e-6)
+    freq = np.bincount(d[:, 0].numpy(), minlength=8)
+    qn = q[0, 0].double().numpy()
+    keep = qn * n >= 5
+    obs, exp = freq[keep], qn[keep] * n
+    assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 0.01
+    # rows at their own positions read their own columns
+    d2, q2 = prop.draft(codes, [10, 12, 20], 2, g)
+    assert torch.equal(d2[1], prop.tokens[1, 12:14]) and torch.equal(d2[2], prop.tokens[2, 20:22])
+
+
+def test_auto_drafts_by_window_when_a_draft_step_costs_like_a_teacher_step(prior, students):
+    small = make_student(prior, "categorical")  # the fixtures' pair: 0.32 of a teacher step
+    assert 0.25 < draft_weight_ratio(prior, small) < 0.4
+    assert choose_draft(prior, small) == "window"
+    cfg = student_config_for(
+        prior.cfg, family="categorical", n_stages=2, stage=StageConfig(width=2, depth=1)
+    )
+    tiny = Student.from_teacher(prior, cfg)
+    assert draft_weight_ratio(prior, tiny) < 0.05 and choose_draft(prior, tiny) == "incremental"
+    assert choose_draft(prior, small, "incremental") == "incremental"
+    assert SpeculativeSampler(prior, tiny).draft == "incremental"
+    assert isinstance(SpeculativeSampler(prior, small).proposal, WindowProposal)
+    with pytest.raises(ConfigError, match="draft must be one of"):
+        choose_draft(prior, small, "fast")
+    with pytest.raises(ConfigError, match="categorical"):
+        SpeculativeSampler(prior, students["gaussian"], draft="window")
 
 
 def test_bad_settings_are_clear_errors(prior, students, long_prior):

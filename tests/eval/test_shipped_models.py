@@ -72,10 +72,11 @@ def _two_sample_p(a: np.ndarray, b: np.ndarray, bins: int) -> float:
     return float(chi2_contingency(table).pvalue)
 
 
-def test_speculative_draws_the_shipped_teachers_distribution(shipped):
+@pytest.mark.parametrize("draft", ["incremental", "window"])
+def test_speculative_draws_the_shipped_teachers_distribution(shipped, draft):
     """The middle level after a fixed 64-code prefix: the next three codes drawn 1600 times by
-    exact and by speculative sampling (the shipped categorical student drafting) agree, code
-    by code (chi-square, cells under 10 pooled)."""
+    exact and by speculative sampling (the shipped categorical student drafting, stepped or
+    from one sample per window) agree, code by code (chi-square, cells under 10 pooled)."""
     prior = Prior.from_pretrained(shipped.teacher_dir / "middle")
     student = load_student(shipped.students_dir / "categorical" / "middle")
     cfg = prior.cfg
@@ -92,7 +93,7 @@ def test_speculative_draws_the_shipped_teachers_distribution(shipped):
         labels[:, 4 + 1 : 4 + cfg.labels.max_genres] = -1
     samplers = {
         "exact": ExactSampler(prior, temperature=0.99),
-        "speculative": SpeculativeSampler(prior, student, gamma=2, temperature=0.99),
+        "speculative": SpeculativeSampler(prior, student, gamma=2, temperature=0.99, draft=draft),
     }
     draws = {}
     for name, sampler in samplers.items():
