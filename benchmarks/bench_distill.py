@@ -453,7 +453,7 @@ def released_section(
         engine.begin(cond)
     steps = 4 if dev.type == "cpu" else 64
     step_ms = time_engine(engine, steps, warmup=2 if dev.type == "cpu" else 8)
-    sp = SpeculativeSampler(prior, student, gamma=gamma, profile=True)
+    sp = SpeculativeSampler(prior, student, gamma=gamma, profile=True, draft="incremental")
     prefix = torch.zeros(1, 0, dtype=torch.long, device=dev)
     sp.sample_window(min(8, window), prefix, labels, upper, g)  # warm-up
     sp.stats = SpeculativeStats()

@@ -743,9 +743,10 @@ class SpeculativeSampler(LevelSampler):
             else:
                 a = codes.new_zeros(b)
                 weights = p[:, 0]
-            gumbel = u[:, g:].log_().neg_().log_().neg_()
+            # a draw from weights: argmax(w / E) with E = −log u exponential, the same draw as
+            # Gumbel-max argmax(log w − log E) without the logarithms of w
             out = torch.cat([drafts, codes.new_zeros(b, 1)], dim=1)
-            out[rows, a] = torch.argmax(torch.log(weights) + gumbel, dim=-1)
+            out[rows, a] = torch.argmax(weights / u[:, g:].log_().neg_(), dim=-1)
             codes.scatter_(1, m_t[:, None] + torch.arange(g + 1, device=device), out)
             n_new = a + 1
             if together:  # prime / summary layers: the rows advance in lockstep
@@ -788,7 +789,7 @@ class SpeculativeSampler(LevelSampler):
     def _probs(self, logits: Tensor) -> Tensor:
         """The teacher's sampling distribution, as exact mode draws it: temperature, then the
         top-k / top-p filter, softmax in fp32."""
-        z = logits / self.temperature
+        z = logits / self.temperature if self.temperature != 1.0 else logits
         if (0 < self.top_k < z.shape[-1]) or self.top_p > 0.0:
             z = filter_logits(z, self.top_k, self.top_p)
         return torch.softmax(z, dim=-1)

@@ -438,7 +438,9 @@ class DecodingEngine:
                 self.shared += hi - lo
             self.calls += 1
             lo = hi
-        return torch.cat(outs, dim=1) if logits else None
+        if not logits:
+            return None
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
     def _segment(self, lo: int, chunk_size: int | None) -> int:
         """Positions of the next call: at most ``max_queries`` and ``chunk_size``; with the
