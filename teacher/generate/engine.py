@@ -725,13 +725,15 @@ class DecodingEngine:
             a = self._attend(q, keys[0], keys[1], span.dense_mask, scale)
             return a.transpose(1, 2).reshape(b * n, heads * dh)
         outs = []
+        whole = len(span.pieces) == 1  # one block: the queries as they are, no slicing
         for j0, j1, blk, i0, mask in span.pieces:
-            m, qp, newp = j1 - j0, q[:, :, j0:j1], new[:, :, :, j0:j1]
+            m = j1 - j0
+            qp, newp = (q, new) if whole else (q[:, :, j0:j1], new[:, :, :, j0:j1])
             if kind == AttnKind.ROW:
                 s0 = (blk % 2) * bc
                 kv.narrow(3, s0 + i0, m).copy_(newp)
-                keys = kv.narrow(3, s0, i0 + m)
-                outs.append(self._attend(qp, keys[0], keys[1], mask, scale))
+                keys, values = layer.k.narrow(2, s0, i0 + m), layer.v.narrow(2, s0, i0 + m)
+                outs.append(self._attend(qp, keys, values, mask, scale))
             elif kind == AttnKind.COLUMN:
                 nbs = self.nb + 1
                 start = i0 * nbs + blk
@@ -747,8 +749,9 @@ class DecodingEngine:
                 if blk == 0:  # the reference attends to a zero block: exactly 0
                     outs.append(qp.new_zeros(qp.shape))
                 else:
-                    keys = kv.narrow(3, ((blk - 1) % 3) * bc, bc)
-                    outs.append(self._attend(qp, keys[0], keys[1], None, scale))
+                    s0 = ((blk - 1) % 3) * bc
+                    keys, values = layer.k.narrow(2, s0, bc), layer.v.narrow(2, s0, bc)
+                    outs.append(self._attend(qp, keys, values, None, scale))
         a = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         return a.transpose(1, 2).reshape(b * n, heads * dh)
 
