@@ -40,9 +40,10 @@ def verdicts(numbers):
     return check_targets(numbers)
 
 
-#: targets the shipped models miss, with what they measure (MODEL_CARD.md says why): strict,
-#: so a better model that meets one fails here until it moves to the met ones
-MISSED = {"student_kl_middle": "0.216 nats/token after 6000 distillation steps"}
+#: targets the shipped models miss, with what they measure (MODEL_CARD.md would say why):
+#: strict, so a better model that meets one fails here until it moves to the met ones. None
+#: since the middle student's 13500 steps (0.216 nats/token after 6000, 0.183 now).
+MISSED: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
@@ -57,11 +58,6 @@ MISSED = {"student_kl_middle": "0.216 nats/token after 6000 distillation steps"}
 def test_shipped_models_meet_their_targets(verdicts, target):
     met, shown = verdicts[target]
     assert met, f"{TARGETS[target]}: measured {shown}"
-
-
-def test_missed_targets_stay_where_the_model_card_puts_them(numbers):
-    """The middle student's KL misses 0.2 by little (0.216): a regression beyond 0.25 fails."""
-    assert numbers["mean"]["kl_1"] < 0.25
 
 
 def _two_sample_p(a: np.ndarray, b: np.ndarray, bins: int) -> float:
