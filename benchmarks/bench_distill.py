@@ -39,42 +39,49 @@ Threads: torch's default (all cores). Timings are wall clock on a shared machine
 run after a warm-up, so read ratios rather than absolute seconds.
 
 Measured here (2 vCPU Xeon, torch 2.13.0+cpu, 2 threads, quiet; the SHIPPED demo models
-(``fastjukebox demo``'s folder, ``eval/demo/pretrained/MODEL_CARD.md``), 16 kHz; 4 held-out
-clips of 4.10 s = 2048 middle / 8192 bottom codes; teacher windows of 2048 codes; students
-K = 4; speculative gamma = 4; 3.2 min; (e) also rerun in bf16)::
+(``fastjukebox demo``'s folder, ``eval/demo/pretrained/MODEL_CARD.md``; the middle student at
+13500 steps), 16 kHz; 4 held-out clips of 4.10 s = 2048 middle / 8192 bottom codes; teacher
+windows of 2048 codes; students K = 4; speculative gamma = 4; 3.4 min; ``--released
+--released_dtype bfloat16``)::
 
     (a) s (x exact)  B=1: middle    bottom         B=16: middle    bottom
-        exact             0.87           3.60                1.57            6.70
-        accelerated       0.13 (6.8x)    0.62 (5.8x)         3.30 (0.48x)    19.9 (0.34x)
-        speculative       1.86 (0.47x)   5.53 (0.65x)        6.20 (0.25x)    20.1 (0.33x)
-    (b) speculative: acceptance 0.64 / 0.82 (middle / bottom, batch 1) -> 2.47 / 3.47 codes
-        per teacher pass per row (formula 2.49 / 3.50); batch 16, rows independent: 2.64 / 3.74
-    (b2) per round, batch 1: exact step 0.42 / 0.44 ms; draft 0.31 ms/code, verify 0.77 ms,
-        accept 0.17 ms, rewind 0.02 ms -> a round of gamma 4 costs 5.0-5.2 exact steps;
-        predicted 0.48x / 0.69x exact, measured 0.47x / 0.65x
-    (c) given the TRUE upper codes: MR-STFT x the teacher's 0.97 / 0.97; KL 0.220 / 0.103 nats;
+        exact             0.59           2.39                1.18            5.18
+        accelerated       0.14 (4.3x)    0.64 (3.8x)         2.95 (0.40x)    18.7 (0.28x)
+        spec. incremental 1.60 (0.37x)   5.01 (0.48x)        5.98 (0.20x)    18.8 (0.28x)
+        spec. window      0.69 (0.85x)   2.82 (0.85x)        5.17 (0.23x)    26.4 (0.20x)
+    (b) acceptance, batch 1: incremental 0.69 / 0.82 (middle / bottom) -> 2.71 / 3.47 codes per
+        teacher pass per row; window 0.65 / 0.75 -> 2.49 / 2.93
+    (b2) per round, batch 1: exact step 0.29 ms; incremental: draft 0.32 ms/code (1.1 exact
+        steps: the demo student's final stage reads 2.5x the weights of a teacher step), verify
+        0.57-0.59 ms, accept 0.17 ms -> a round of gamma 4 costs 6.9-7.2 steps, and even an
+        ideal round (verify = one step, accept free) would give 0.80x / 0.88x ("bound");
+        window: no draft work per round, a round costs 2.3-2.4 steps (predicted 1.07x / 1.34x
+        from the rounds alone), measured 0.85x with the student's one sample per window
+    (c) given the TRUE upper codes: MR-STFT x the teacher's 0.98 / 0.97; KL 0.174 / 0.103 nats;
         pitch agreement with the clips' audio: real codes 0.81 / 0.86, teacher 0.70 / 0.80,
-        student 0.69 / 0.80, random codes 0.00 / 0.00
-    (e) released upsampler shape on the CPU (random weights, 24-code window, the demo student's
-        architecture at the released geometry): bf16 exact step 181 ms, draft 1.2 ms/code,
-        verify 180 ms/round, round / step 1.02 -> 2.44x projected at the middle's acceptance
-        0.64 (3.4x at the bottom's 0.82); fp32 (the CPU default): step 126 ms, verify 259 ms,
-        round / step 2.07 (a 5-row fp32 GEMM costs this CPU twice a 1-row one), 1.20x
-    GOALS: accelerated >= 50x at batch 1: NOT MET (6.0x); MR-STFT within 1.15x: MET (0.97x,
-        0.97x); KL < 0.2: bottom MET (0.103), middle NOT MET (0.220); speculative >= 3 codes
-        per pass: bottom MET (3.47), middle NOT MET (2.47); speculative as fast as exact (B=1)
-        and not slower (B=16): NOT MET (0.47-0.65x, 0.25-0.33x); released round within 1.3x
-        of a step: MET in bf16 (1.02x), NOT in fp32 (2.07x); >= 2.5x projected: NOT MET at
-        the middle's acceptance (2.44x in bf16), met at the bottom's (3.4x)
+        student 0.71 / 0.80, random codes 0.00 / 0.00
+    (e) released upsampler shape on the CPU (random weights, bf16, 24-code window, the demo
+        student's architecture at the released geometry): exact step 182 ms, draft 1.2 ms/code,
+        verify 179 ms/round, round / step 1.01 -> 2.70x projected at the middle's acceptance
+        0.69 (3.4x at the bottom's 0.82). In fp32 on this CPU a 5-query verification costs 2
+        steps (an earlier run: round / step 2.07, 1.20x).
+    GOALS: accelerated >= 50x at batch 1: NOT MET (3.8x); MR-STFT within 1.15x: MET (0.98x,
+        0.97x); KL < 0.2: MET (0.174, 0.103); speculative >= 3 codes per pass: bottom MET
+        (3.47), middle NOT MET (2.71); speculative as fast as exact (B=1): NOT MET (0.85x with
+        window drafts, 0.37-0.48x incremental); not slower at B=16: NOT MET (0.20-0.28x);
+        released round within 1.3x of a step: MET (1.01x); >= 2.5x projected: MET (2.70x)
 
-Why speculative mode loses on this CPU at the demo sizes: the demo teacher is so small (0.87 M
-parameters per upsampler) that its step is ~0.43 ms of per-op overhead, and the student's
-incremental draft, ~55 small ops per code, costs 0.31 ms, about 0.7 of a teacher step; a round
-of 4 drafts + one 5-query verification costs 5 teacher steps and yields 2.5-3.5 codes. It pays
-when a draft costs a small fraction of a step and verifying gamma + 1 codes costs about one step:
-the released upsampler (above: a step 150x a draft, verification = one step in bf16). The
-students' parallel passes lose at batch 16 on a CPU (compute-bound convolutions over 16 x 8192
-positions against a batched teacher step).
+Why speculative mode does not pay on this CPU at the demo sizes: the demo teacher is tiny (its
+transformer has 0.3 M parameters; a step is 0.29 ms, mostly per-op overhead) while the demo
+student's final stage, 8 layers of width 128, reads 2.5x the weights per draft: an incremental
+draft costs more than the teacher step it is meant to save, so no gamma helps (the bound
+column). Window drafts remove the per-round draft but pay one K-pass student sample per
+window and draft with a stale view of the prefix (acceptance 0.65-0.75); their rounds alone
+would pay (1.07-1.34x), the sample costs what they save. It pays where a draft costs a small
+fraction of a step and verifying gamma + 1 codes costs about one step: the released
+upsampler (above: a step 150x a draft, verification = one step in bf16). The students'
+parallel passes lose at batch 16 on a CPU (compute-bound convolutions over 16 x 8192
+positions against a batched teacher step), window drafts with them.
 """
 
 from __future__ import annotations
