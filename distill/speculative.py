@@ -337,24 +337,29 @@ class CategoricalProposal(_StudentProposal):
 
 
 class WindowProposal(_StudentProposal):
-    """Drafts from one K-pass sample of the whole window by a
+    """Drafts from one K-pass sample of the window by a
     :class:`~student.categorical.CategoricalIAF` (module docs): :meth:`begin` samples the
-    window with the prefix forced; :meth:`draft` reads that sample's codes and its final stage's
-    distribution at the rows' positions. K passes per window, none per round."""
+    window from one receptive field before its first new position, the prefix forced;
+    :meth:`draft` reads that sample's codes and its final stage's distribution at the rows'
+    positions. K passes per window (over its new part), none per round."""
 
     family = "categorical"
 
     def begin(self, codes, n_known, labels, upper, generator) -> None:
         super().begin(codes, n_known, labels, upper, generator)
-        prefix = codes[:, :n_known] if n_known else None
-        draw = student_sample(self.student, self.cond, prefix, generator, self.temperature)
-        b, length, v = draw.logits.shape
-        # rows near the end may be asked past the window (discarded drafts): a spare of
-        # MAX_GAMMA positions, uniform there
-        self.tokens = torch.cat([draw.codes, draw.codes.new_zeros(b, MAX_GAMMA)], dim=1)
-        self.logits = torch.cat(
-            [draw.logits / self.temperature, draw.logits.new_zeros(b, MAX_GAMMA, v)], dim=1
-        )
+        b, length = codes.shape
+        # the stages from one receptive field before the first new position: with the prefix
+        # forced they give there what the whole window would (receptive_field)
+        s0 = max(0, n_known - self.rf)
+        prefix = codes[:, s0:n_known] if n_known > s0 else None
+        draw = student_sample(self.student, self.cond[:, s0:], prefix, generator, self.temperature)
+        v = draw.logits.shape[-1]
+        # positions before s0 are never drafted; rows near the end may be asked past the window
+        # (discarded drafts): a spare of MAX_GAMMA positions, uniform there
+        self.tokens = draw.codes.new_zeros(b, length + MAX_GAMMA)
+        self.tokens[:, s0:length] = draw.codes
+        self.logits = draw.logits.new_zeros(b, length + MAX_GAMMA, v)
+        self.logits[:, s0:length] = draw.logits / self.temperature
         self.passes += draw.passes
 
     def draft(self, codes, m, gamma, generator) -> tuple[Tensor, Tensor]:

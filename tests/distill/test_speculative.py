@@ -550,7 +550,9 @@ def test_window_drafts_are_draws_from_their_q(long_prior):
         cond = student.condition(upper)[:, :32]
         ref = student_sample(student, cond, codes[:, :10], torch.Generator().manual_seed(1), 0.8)
     assert prop.passes == student.n_passes and d.shape == (n, 3) and q.shape == (n, 3, 8)
-    assert torch.equal(d, prop.tokens[:, 10:13]) and torch.equal(prop.tokens[:, :10], codes[:, :10])
+    s0 = 10 - prop.rf  # the sample starts one receptive field before the first new position
+    assert 0 < s0 and torch.equal(prop.tokens[:, s0:10], codes[:, s0:10])
+    assert torch.equal(d, prop.tokens[:, 10:13])
     assert torch.allclose(q[0, 0], q[-1, 0]) and not torch.allclose(q[0, 2], q[-1, 2])
     # the same distribution at position 10 as any other sample of the student there
     assert torch.allclose(q[0, 0], torch.softmax(ref.logits[0, 10] / 0.8, -1), atol=1e-6)
