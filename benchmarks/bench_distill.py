@@ -45,39 +45,40 @@ windows of 2048 codes; students K = 4; speculative gamma = 4; 3.4 min; ``--relea
 --released_dtype bfloat16``)::
 
     (a) s (x exact)  B=1: middle    bottom         B=16: middle    bottom
-        exact             0.59           2.39                1.18            5.18
-        accelerated       0.14 (4.3x)    0.64 (3.8x)         2.95 (0.40x)    18.7 (0.28x)
-        spec. incremental 1.60 (0.37x)   5.01 (0.48x)        5.98 (0.20x)    18.8 (0.28x)
-        spec. window      0.69 (0.85x)   2.82 (0.85x)        5.17 (0.23x)    26.4 (0.20x)
+        exact             0.57           2.33                1.16            5.44
+        accelerated       0.13 (4.4x)    0.60 (3.9x)         2.80 (0.41x)    19.0 (0.29x)
+        spec. incremental 1.50 (0.38x)   4.86 (0.48x)        5.98 (0.19x)    18.9 (0.29x)
+        spec. window      0.68 (0.85x)   2.60 (0.89x)        5.78 (0.20x)    21.5 (0.25x)
     (b) acceptance, batch 1: incremental 0.69 / 0.82 (middle / bottom) -> 2.71 / 3.47 codes per
-        teacher pass per row; window 0.65 / 0.75 -> 2.49 / 2.93
-    (b2) per round, batch 1: exact step 0.29 ms; incremental: draft 0.32 ms/code (1.1 exact
+        teacher pass per row; window 0.65 / 0.74 -> 2.49 / 2.86
+    (b2) per round, batch 1: exact step 0.28 ms; incremental: draft 0.30 ms/code (1.1 exact
         steps: the demo student's final stage reads 2.5x the weights of a teacher step), verify
-        0.57-0.59 ms, accept 0.17 ms -> a round of gamma 4 costs 6.9-7.2 steps, and even an
-        ideal round (verify = one step, accept free) would give 0.80x / 0.88x ("bound");
-        window: no draft work per round, a round costs 2.3-2.4 steps (predicted 1.07x / 1.34x
-        from the rounds alone), measured 0.85x with the student's one sample per window
+        0.55-0.56 ms, accept 0.16 ms -> a round of gamma 4 costs 6.8-7.0 steps, and even an
+        ideal round (verify = one step, accept free) would give 0.81x / 0.88x ("bound");
+        window: no draft work per round, a round costs 2.3-2.4 steps (predicted 1.07x / 1.30x
+        from the rounds alone), measured 0.85x / 0.89x with the student's sample per window
     (c) given the TRUE upper codes: MR-STFT x the teacher's 0.98 / 0.97; KL 0.174 / 0.103 nats;
         pitch agreement with the clips' audio: real codes 0.81 / 0.86, teacher 0.70 / 0.80,
         student 0.71 / 0.80, random codes 0.00 / 0.00
     (e) released upsampler shape on the CPU (random weights, bf16, 24-code window, the demo
-        student's architecture at the released geometry): exact step 182 ms, draft 1.2 ms/code,
-        verify 179 ms/round, round / step 1.01 -> 2.70x projected at the middle's acceptance
+        student's architecture at the released geometry): exact step 180 ms, draft 1.2 ms/code,
+        verify 175 ms/round, round / step 1.00 -> 2.72x projected at the middle's acceptance
         0.69 (3.4x at the bottom's 0.82). In fp32 on this CPU a 5-query verification costs 2
         steps (an earlier run: round / step 2.07, 1.20x).
     GOALS: accelerated >= 50x at batch 1: NOT MET (3.8x); MR-STFT within 1.15x: MET (0.98x,
         0.97x); KL < 0.2: MET (0.174, 0.103); speculative >= 3 codes per pass: bottom MET
-        (3.47), middle NOT MET (2.71); speculative as fast as exact (B=1): NOT MET (0.85x with
-        window drafts, 0.37-0.48x incremental); not slower at B=16: NOT MET (0.20-0.28x);
-        released round within 1.3x of a step: MET (1.01x); >= 2.5x projected: MET (2.70x)
+        (3.47), middle NOT MET (2.71); speculative as fast as exact (B=1): NOT MET (0.85x /
+        0.89x with window drafts, 0.38x / 0.48x incremental); not slower at B=16: NOT MET
+        (0.20-0.29x); released round within 1.3x of a step: MET (1.00x); >= 2.5x projected:
+        MET (2.72x)
 
 Why speculative mode does not pay on this CPU at the demo sizes: the demo teacher is tiny (its
 transformer has 0.3 M parameters; a step is 0.29 ms, mostly per-op overhead) while the demo
 student's final stage, 8 layers of width 128, reads 2.5x the weights per draft: an incremental
 draft costs more than the teacher step it is meant to save, so no gamma helps (the bound
 column). Window drafts remove the per-round draft but pay one K-pass student sample per
-window and draft with a stale view of the prefix (acceptance 0.65-0.75); their rounds alone
-would pay (1.07-1.34x), the sample costs what they save. It pays where a draft costs a small
+window and draft with a stale view of the prefix (acceptance 0.65-0.74); their rounds alone
+would pay (1.07-1.30x), the sample costs about what they save. It pays where a draft costs a small
 fraction of a step and verifying gamma + 1 codes costs about one step: the released
 upsampler (above: a step 150x a draft, verification = one step in bf16). The students'
 parallel passes lose at batch 16 on a CPU (compute-bound convolutions over 16 x 8192
