@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from distill.pipeline import FastJukebox, resolve_level_modes
-from distill.speculative import SpeculativeStats, student_sample
+from distill.speculative import SpeculativeStats, choose_draft, student_sample
 from eval import metrics as M
 from eval.alignment import attention_alignment
 from eval.clips import Clip, WindowLabels, score_windows, windowed_nll_bits
@@ -505,6 +505,12 @@ class Evaluation:
             "clips": [c.to_dict() for c in self.clips],
             "hybrid": self.hybrid,
             "gamma": self.gamma,
+            # what speculative levels draft with (draft="auto", distill.speculative.choose_draft)
+            "drafts": {
+                names[lv]: choose_draft(self.jb.priors[lv], st)
+                for lv, st in sorted(fj.students.items())
+                if lv in self.jb.priors
+            },
             "fd_vq": {
                 "name": M.FD_VQ_NAME,
                 "level": names[self.fd_level],

@@ -175,6 +175,10 @@ def setup_table(setup: Mapping[str, Any]) -> Table:
         ["modes", ", ".join(setup.get("modes", [])) or "—"],
         ["hybrid plan", str(setup.get("hybrid"))],
         ["speculative γ", fmt(setup.get("gamma"))],
+        [
+            "speculative drafts",
+            ", ".join(f"{k} {v}" for k, v in setup.get("drafts", {}).items()) or "—",
+        ],
     ]
     for mode, why in setup.get("modes_skipped", {}).items():
         rows.append([f"skipped: {mode}", why])

@@ -240,6 +240,8 @@ def test_metrics_are_finite_and_where_they_should_be(report):
                            "student_middle", "student_bottom"}  # fmt: skip
     assert all(len(h) == 64 for h in hashes.values())
     assert "VQ-VAE encoder features" in setup["fd_vq"]["name"]
+    assert set(setup["drafts"]) == {"middle", "bottom"}  # what auto chose, per level
+    assert set(setup["drafts"].values()) <= {"incremental", "window"}
 
     # reconstruction: every level, codebook statistics in range
     for level in ("top", "middle", "bottom"):
@@ -304,6 +306,8 @@ def test_markdown_and_html_show_the_headline_numbers(report):
     row = f"| bottom | {fmt(r['sc_db'])} | {fmt(r['mrstft'])} | {fmt(r['mel_l1'])} |"
     assert row in report["md"]
     assert "![quality vs speed Pareto plot](figures/pareto.png)" in report["md"]
+    drafts = ", ".join(f"{k} {v}" for k, v in report["json"]["setup"]["drafts"].items())
+    assert drafts.count(" ") == 3 and f"| speculative drafts | {drafts} |" in report["md"]
 
 
 def test_a_bare_result_still_writes_a_valid_report(tmp_path):
