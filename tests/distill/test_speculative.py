@@ -514,36 +514,45 @@ def test_a_local_span_with_the_prefix_forced_equals_the_whole_window(long_prior,
     assert whole.passes == student.n_passes
 
 
+def _draft_setup(prior: Prior, cls, n: int = 3000):
+    """A categorical student's proposal of class ``cls`` at temperature 0.8, and ``n`` rows of
+    the same 32 codes and upper codes (the same prefix: the same q in every row right after it)."""
+    student = make_student(prior, "categorical", seed=8)
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(8, (1, 32), generator=g).expand(n, -1).clone()
+    upper = torch.randint(8, (1, 8), generator=g).expand(n, -1)
+    return student, cls(student, temperature=0.8), g, codes, upper
+
+
+def _assert_draws_follow(draws: torch.Tensor, q: torch.Tensor) -> None:
+    """``draws`` ``LongTensor[n]`` follow the distribution ``q`` ``Tensor[V]`` (chi-square over
+    the codes expecting >= 5 draws)."""
+    n = len(draws)
+    freq = np.bincount(draws.numpy(), minlength=len(q))
+    qn = q.double().numpy()
+    keep = qn * n >= 5
+    obs, exp = freq[keep], qn[keep] * n
+    assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 0.01
+
+
 def test_categorical_drafts_are_draws_from_their_q(long_prior):
     """The proposal's q is the final stage on the accepted prefix, and the drafts are Gumbel-max
     draws from it: over many draws their frequencies follow q."""
-    student = make_student(long_prior, "categorical", seed=8)
-    prop = CategoricalProposal(student, temperature=0.8)
-    g = torch.Generator().manual_seed(0)
-    n = 3000
-    codes = torch.randint(8, (1, 32), generator=g).expand(n, -1).clone()
-    upper = torch.randint(8, (1, 8), generator=g).expand(n, -1)
+    student, prop, g, codes, upper = _draft_setup(long_prior, CategoricalProposal)
+    n = len(codes)
     with torch.no_grad():
         prop.begin(codes, 10, None, upper, g)  # the same prefix: the same q in every row
         d, q = prop.draft(codes, [10] * n, 1, g)
     assert torch.allclose(q[0], q[-1]) and d.shape == (n, 1) and prop.passes == 1 + 1
-    freq = np.bincount(d[:, 0].numpy(), minlength=8)
-    qn = q[0, 0].double().numpy()
-    keep = qn * n >= 5
-    obs, exp = freq[keep], qn[keep] * n
-    assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 0.01
+    _assert_draws_follow(d[:, 0], q[0, 0])
 
 
 def test_window_drafts_are_draws_from_their_q(long_prior):
     """A window proposal's drafts are its one student sample's codes and q its final stage's
     distribution: right after a shared prefix q is the same in every row and the drafts follow
     it; further on each row reads its own sample."""
-    student = make_student(long_prior, "categorical", seed=8)
-    prop = WindowProposal(student, temperature=0.8)
-    g = torch.Generator().manual_seed(0)
-    n = 3000
-    codes = torch.randint(8, (1, 32), generator=g).expand(n, -1).clone()
-    upper = torch.randint(8, (1, 8), generator=g).expand(n, -1)
+    student, prop, g, codes, upper = _draft_setup(long_prior, WindowProposal)
+    n = len(codes)
     with torch.no_grad():
         prop.begin(codes, 10, None, upper, g)
         d, q = prop.draft(codes, [10] * n, 3, g)
@@ -556,11 +565,7 @@ def test_window_drafts_are_draws_from_their_q(long_prior):
     assert torch.allclose(q[0, 0], q[-1, 0]) and not torch.allclose(q[0, 2], q[-1, 2])
     # the same distribution at position 10 as any other sample of the student there
     assert torch.allclose(q[0, 0], torch.softmax(ref.logits[0, 10] / 0.8, -1), atol=1e-6)
-    freq = np.bincount(d[:, 0].numpy(), minlength=8)
-    qn = q[0, 0].double().numpy()
-    keep = qn * n >= 5
-    obs, exp = freq[keep], qn[keep] * n
-    assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 0.01
+    _assert_draws_follow(d[:, 0], q[0, 0])
     # rows at their own positions read their own columns
     d2, q2 = prop.draft(codes, [10, 12, 20], 2, g)
     assert torch.equal(d2[1], prop.tokens[1, 12:14]) and torch.equal(d2[2], prop.tokens[2, 20:22])
