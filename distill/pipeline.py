@@ -47,9 +47,9 @@ from torch import Tensor
 
 from distill.speculative import (
     DEFAULT_GAMMA,
-    DRAFTS,
     SpeculativeSampler,
     SpeculativeStats,
+    parse_draft,
     parse_gamma,
     receptive_field,
     student_labels,
@@ -635,8 +635,7 @@ class FastJukebox:
         bound.apply_defaults()
         teacher = bound.arguments
         gamma = parse_gamma(gamma)
-        if fast["draft"] not in DRAFTS:
-            raise ConfigError(f"draft must be one of {', '.join(DRAFTS)}, got {fast['draft']!r}")
+        parse_draft(fast["draft"])  # checked in every mode, before any model runs
         plan = self.plan(mode, level_modes, teacher["levels"])
         samplers = self.samplers(
             plan,

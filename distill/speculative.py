@@ -430,13 +430,19 @@ def draft_weight_ratio(prior: Prior, student: Student) -> float:
     return step_parameters(student) / teacher
 
 
+def parse_draft(value: str) -> str:
+    """A draft mode as given: one of :data:`DRAFTS`, anything else a :class:`ConfigError`."""
+    if value not in DRAFTS:
+        raise ConfigError(f"draft must be one of {', '.join(DRAFTS)}, got {value!r}")
+    return value
+
+
 def choose_draft(prior: Prior, student: Student, draft: str = "auto") -> str:
     """``draft`` checked, ``auto`` resolved: ``window`` when an incremental draft step reads at
     least :data:`WINDOW_DRAFT_RATIO` of a teacher step's weights (the demo's CPU students: 2.5x
     the teacher's), else ``incremental`` (a released teacher: ~1% of it). Students other than
     categorical draft their own way (:class:`GaussianProposal`): only ``auto`` is accepted."""
-    if draft not in DRAFTS:
-        raise ConfigError(f"draft must be one of {', '.join(DRAFTS)}, got {draft!r}")
+    draft = parse_draft(draft)
     if student.family != "categorical":
         if draft != "auto":
             raise ConfigError(f"draft={draft!r} is for categorical students, got {student}")
@@ -904,6 +910,7 @@ __all__ = [
     "expected_tokens_per_pass",
     "ideal_speedup",
     "make_proposal",
+    "parse_draft",
     "parse_gamma",
     "predicted_speedup",
     "receptive_field",
