@@ -123,7 +123,12 @@ class CausalStack(nn.Module):
 
     def forward(self, x: Tensor | None, cond: Tensor) -> Tensor:
         """``x Tensor[B, T, C_in] | None`` (None: no sequence input, the stack reads only the
-        conditioning), ``cond Tensor[B, T, C]`` -> ``Tensor[B, T, C_out]``."""
+        conditioning), ``cond Tensor[B, T, C]`` -> ``Tensor[B, T, C_out]``.
+
+        Without autograd (and without autocast) it runs :meth:`infer`: the same function as
+        time-major products, several times faster on a CPU than the convolutions."""
+        if not torch.is_grad_enabled() and not _autocasting(cond):
+            return self.infer(x, cond)
         c = rearrange(cond, "b t c -> b c t")
         if x is None:
             h = c.new_zeros(c.shape[0], self.width, c.shape[2])
@@ -138,6 +143,53 @@ class CausalStack(nn.Module):
         with autocast_off():  # the output projection (logits, shift/log-scale) in fp32
             out = F.conv1d(h.float(), last.weight.float(), last.bias.float())
         return rearrange(out, "b c t -> b t c")
+
+    def infer(self, x: Tensor | None, cond: Tensor) -> Tensor:
+        """:meth:`forward` for inference, ``Tensor[B, T, C_in] | None`` and ``Tensor[B, T, C]``
+        -> ``Tensor[B, T, C_out]``: every convolution as matrix products over time-major rows
+        ``[T·B, C]`` (a 1×1 convolution is one product; a dilated one is one product per tap,
+        its tap at ``t − s`` a row slice of a left-padded buffer — no copy per layer), the
+        residual and skip projections as one product, the residual stream updated in place.
+        Equal to the convolutions up to rounding (tested); no autograd graph."""
+        b, t, _ = cond.shape
+        width, kernel, layers = self.width, self.cfg.kernel_size, self.layers
+        pad = (kernel - 1) * max(self.cfg.dilations)
+        c = cond.transpose(0, 1).reshape(t * b, -1)  # time-major rows: row t·B + b
+        hbuf = c.new_zeros(pad + t, b, width)  # the residual stream, ``pad`` zeros first
+        h = hbuf[pad:].view(t * b, width)
+        if x is not None:
+            rows = x.to(c.dtype).transpose(0, 1).reshape(t * b, -1)
+            torch.addmm(self.inp.bias, rows, self.inp.weight[:, :, 0].t(), out=h)
+        skips: Tensor | None = None
+        for layer in layers:
+            conv, d = layer.conv, layer.conv.dilation[0]
+            gate = torch.addmm(layer.cond.bias + conv.bias, c, layer.cond.weight[:, :, 0].t())
+            for j in range(kernel):  # tap j reads the input (kernel − 1 − j)·d positions back
+                s = (kernel - 1 - j) * d
+                gate.addmm_(
+                    hbuf[pad - s : pad - s + t].view(t * b, width), conv.weight[:, :, j].t()
+                )
+            a, g = gate.chunk(2, dim=1)
+            z = torch.tanh(a.contiguous()).mul_(torch.sigmoid(g))  # tanh of a strided half: slow
+            if layer.res is None:
+                skip = torch.addmm(layer.skip.bias, z, layer.skip.weight[:, :, 0].t())
+            else:
+                w = torch.cat([layer.res.weight[:, :, 0], layer.skip.weight[:, :, 0]])
+                both = torch.addmm(torch.cat([layer.res.bias, layer.skip.bias]), z, w.t())
+                h.add_(both[:, :width]).mul_(math.sqrt(0.5))
+                skip = both[:, width:]
+            skips = skip if skips is None else skips.add_(skip)
+        hidden = self.out[1]
+        y = torch.relu_(skips.mul_(math.sqrt(1.0 / len(layers))))
+        y = torch.relu_(torch.addmm(hidden.bias, y, hidden.weight[:, :, 0].t()))
+        last = self.out[-1]
+        out = torch.addmm(last.bias.float(), y.float(), last.weight[:, :, 0].float().t())
+        return out.view(t, b, -1).transpose(0, 1).contiguous()
+
+
+def _autocasting(x: Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device type (the convolutions then run as it casts)."""
+    return torch.is_autocast_enabled(x.device.type)
 
 
 class AffineARFlow(nn.Module):

@@ -170,6 +170,45 @@ def test_causal_stack_receptive_field():
     assert reads == list(range(12 - cfg.receptive_field + 1, 13))
 
 
+@pytest.mark.parametrize(
+    "cfg, in_channels, batch",
+    [
+        (StageConfig(width=16, depth=5, kernel_size=2), 8, 1),
+        (StageConfig(width=12, depth=4, kernel_size=3, dilation_growth_rate=3), 0, 3),
+        (StageConfig(width=8, depth=6, dilation_cycle=2, skip_width=20), 5, 2),
+        (StageConfig(width=8, depth=1), 4, 2),  # one layer: no residual projection
+    ],
+)
+def test_causal_stack_inference_path_equals_the_convolutions(cfg, in_channels, batch):
+    """Without autograd the stack runs as time-major matrix products (CausalStack.infer): the
+    convolutions' function up to rounding, for any kernel, dilations, skip width and batch."""
+    torch.manual_seed(0)
+    stack = CausalStack(in_channels, 6, 7, cfg)
+    with torch.no_grad():
+        for p in stack.parameters():
+            p.normal_(0.0, 0.3)
+    x = torch.randn(batch, 40, in_channels) if in_channels else None
+    cond = torch.randn(batch, 40, 6)
+    ref = stack(x, cond)  # autograd on: the convolutions
+    assert ref.requires_grad
+    with torch.no_grad():
+        fast = stack(x, cond)
+        direct = stack.infer(x, cond)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = stack(x, cond)  # autocast: the convolutions as it casts them
+    assert fast.shape == ref.shape == (batch, 40, 7) and fast.dtype == torch.float32
+    torch.testing.assert_close(fast, ref.detach(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(fast, direct)
+    assert not torch.equal(cast, fast) and (cast - ref).abs().max() < 0.2
+    # bf16 weights: the same function at bf16 precision
+    half = CausalStack(in_channels, 6, 7, cfg).to(torch.bfloat16)
+    half.load_state_dict(stack.state_dict())
+    with torch.no_grad():
+        out = half(None if x is None else x.bfloat16(), cond.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref.detach(), rtol=0.1, atol=0.1)
+
+
 # ---------------------------------------------------------------------------------------------
 # shapes, conditioning, stage logits
 
