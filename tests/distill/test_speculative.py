@@ -213,14 +213,16 @@ def test_speculative_one_row_at_a_time_uses_multi_token_rounds(prior, students, 
     assert sp.stats.tokens_per_pass > 1.3  # > 1 token per teacher pass on average
 
 
+# the rule's inputs are tensors on the device path, numpy arrays on the CPU's host path:
+# written with the operations both have
 class AlwaysAccept(SpeculativeSampler):
     def accept_probability(self, p_draft, q_draft):
-        return torch.ones_like(p_draft)
+        return p_draft * 0 + 1
 
 
 class InvertedRatio(SpeculativeSampler):
     def accept_probability(self, p_draft, q_draft):
-        return (q_draft / p_draft).clamp(max=1.0)
+        return (q_draft / p_draft).clip(max=1.0)
 
 
 @pytest.mark.parametrize("broken", [AlwaysAccept, InvertedRatio])
@@ -229,6 +231,35 @@ def test_a_broken_accept_rule_is_detected(prior, students, exact_codes, broken):
     codes = _speculative(sp, 4000, 500, seed=1)
     p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
     assert p_two < 1e-3 and p_fit < 1e-3, (p_two, p_fit)
+
+
+@pytest.mark.parametrize("draft", ["incremental", "window"])
+@pytest.mark.parametrize("batch, n_prefix", [(1, 0), (3, 5)])
+def test_the_host_accept_step_makes_the_device_paths_draws(long_prior, draft, batch, n_prefix):
+    """A few rows on a CPU accept on the host (numpy): from the same uniforms it draws exactly
+    what the device path draws (so the chi-square tests of the device path cover it), rows apart,
+    rejections, residual draws and bonus tokens included."""
+    student = make_student(long_prior, seed=4)
+    g = torch.Generator().manual_seed(9)
+    upper = torch.randint(8, (batch, 8), generator=g)
+    prefix = torch.randint(8, (batch, n_prefix), generator=g)
+    outs, stats = [], []
+    for rows in (batch, 0):  # the host path, then the device path
+        sp = SpeculativeSampler(long_prior, student, gamma=3, draft=draft, top_k=6)
+        sp.host_accept_rows = rows
+        g = torch.Generator().manual_seed(11)
+        outs.append(sp.sample_window(32, prefix, None, upper, g))
+        stats.append(sp.stats)
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0][:, :n_prefix], prefix)
+    host, device = stats
+    assert (host.tokens, host.accepted, host.evaluated, host.rounds) == (
+        device.tokens,
+        device.accepted,
+        device.evaluated,
+        device.rounds,
+    )
+    assert 0 < host.accepted < host.evaluated  # rejections and acceptances both happened
 
 
 # ---------------------------------------------------------------------------------------------
