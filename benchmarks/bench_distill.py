@@ -211,7 +211,7 @@ def upsample_level(
     mode: str,
     names: dict[str, Any],
     seed: int,
-    gamma: int,
+    gamma: int | str | None,
 ) -> Any:
     """Sample ONE level from the true codes of every level above it (batch = the codes');
     ``mode`` one of :data:`SPEED_MODES`."""
@@ -250,7 +250,7 @@ def speed_section(
     clips: Sequence[Clip],
     batches: Sequence[int],
     seed: int,
-    gamma: int | str,
+    gamma: int | str | None,
     spec_fraction: int = 1,
 ) -> tuple[Table, Table, Table, dict[str, Any]]:
     """Tables (a), (b) and (b2). Speculative sampling at batch > 1 may run on the first
@@ -275,7 +275,8 @@ def speed_section(
         ],
     )
     spec = Table(
-        f"(b) speculative sampling (gamma = {gamma})",
+        "(b) speculative sampling (gamma = "
+        + (f"{gamma})" if gamma is not None else "the draft's default: 4 incremental, 6 window)"),
         [
             "level",
             "batch",
@@ -555,7 +556,9 @@ class LevelEval:
             ]
         )
 
-    def sample(self, fj: FastJukebox, mode: str, seed: int, gamma: int) -> torch.Tensor:
+    def sample(
+        self, fj: FastJukebox, mode: str, seed: int, gamma: int | str | None
+    ) -> torch.Tensor:
         """``LongTensor[N, T]``: each clip's level sampled from its true upper codes and its
         own artist/genre (seed ``seed + i`` for clip i)."""
         rows = []
@@ -590,7 +593,7 @@ def quality_section(
     audio: torch.Tensor,
     clips: Sequence[Clip],
     seed: int,
-    gamma: int,
+    gamma: int | str | None,
 ) -> tuple[Table, dict[str, Any]]:
     jb = fj_by_family[SAMPLE_FAMILY].jukebox
     sr = jb.sample_rate
@@ -786,7 +789,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=16, help="the throughput batch")
     p.add_argument("--clips", type=int, default=4, help="held-out clips for (c) and (d)")
     p.add_argument(
-        "--gamma", type=parse_gamma, default=DEFAULT_GAMMA, help="speculative drafts, or auto"
+        "--gamma",
+        type=parse_gamma,
+        default=None,
+        help="speculative drafts, or auto (default: 4 with incremental drafts, 6 with window)",
     )
     p.add_argument(
         "--spec_fraction",

@@ -46,7 +46,6 @@ import torch
 from torch import Tensor
 
 from distill.speculative import (
-    DEFAULT_GAMMA,
     SpeculativeSampler,
     SpeculativeStats,
     parse_draft,
@@ -528,7 +527,7 @@ class FastJukebox:
         temperature: PerLevel = None,
         top_k: int = 0,
         top_p: float = 0.0,
-        gamma: int | str = DEFAULT_GAMMA,
+        gamma: int | str | None = None,
         student_temperature: PerLevel = 1.0,
         chunk_size: int | None = DEFAULT_CHUNK,
         student_chunk_size: int | None = None,
@@ -595,7 +594,7 @@ class FastJukebox:
         kwargs: dict[str, Any],
         mode: str = "exact",
         level_modes: str | Mapping[str | int, str] | None = None,
-        gamma: int | str = DEFAULT_GAMMA,
+        gamma: int | str | None = None,
         student_temperature: PerLevel = 1.0,
         student_chunk_size: int | None = None,
         draft: str = "auto",
@@ -606,9 +605,10 @@ class FastJukebox:
             mode: ``exact`` | ``accelerated`` | ``hybrid`` | ``speculative`` (module docs).
             level_modes: per-level overrides (``"middle=exact,bottom=student"`` or a mapping);
                 required by ``hybrid``.
-            gamma: speculative drafts per teacher pass, or ``"auto"`` (measured while
+            gamma: speculative drafts per teacher pass, ``"auto"`` (measured while
                 sampling; the codes of a seed then depend on the timings, their
-                distribution does not).
+                distribution does not), or None: 4 with incremental drafts, 6 with window
+                drafts (:func:`distill.speculative.default_gamma`).
             student_temperature: the students' temperature (one value or per level); 1.0
                 samples the distribution they were distilled to match.
             student_chunk_size: :class:`StudentSampler`'s memory chunking (None: one call).
@@ -664,7 +664,11 @@ class FastJukebox:
                 self._name(lv): s_temps[lv] for lv, m in plan.items() if m != "exact"
             }
         if any(m == "speculative" for m in plan.values()):
-            info["gamma"] = gamma
+            info["gamma"] = {
+                self._name(lv): "auto" if s.inner.auto else s.inner.gamma
+                for lv, s in samplers.items()
+                if isinstance(s.inner, SpeculativeSampler)
+            }
             info["draft"] = {
                 self._name(lv): s.inner.draft
                 for lv, s in samplers.items()

@@ -76,9 +76,11 @@ draft, verify, accept and rewind.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -91,6 +93,7 @@ from torch import Tensor
 from distill.drafter import IncrementalStage, step_parameters
 from student.base import Student, gumbel_noise
 from teacher.config import ConfigError
+from teacher.device import native_bf16, resolve_dtype
 from teacher.generate.engine import START, engine_for
 from teacher.generate.sampler import LevelSampler, ProgressFn, WindowInputs, filter_logits
 from teacher.prior.model import Prior
@@ -99,8 +102,10 @@ log = logging.getLogger(__name__)
 
 #: positions per call when priming a window on its prefix (as exact mode's default)
 DEFAULT_PRIME_CHUNK = 1024
-#: draft length γ when none is given
+#: draft length γ when none is given, for incremental drafts (each draft costs a student step)
 DEFAULT_GAMMA = 4
+#: ... and for window drafts (free: a round costs its verification, which grows slowly with γ)
+DEFAULT_WINDOW_GAMMA = 6
 #: the largest γ (the drafter's spare positions past a window's end)
 MAX_GAMMA = 64
 #: how a categorical student drafts: ``incremental`` (its final stage stepped per draft, reading
@@ -424,6 +429,39 @@ def make_proposal(
     raise ConfigError(f"no speculative proposal for a {student.family!r} student")
 
 
+def resolve_draft_dtype(student: Student, draft_dtype: str | torch.dtype | None) -> torch.dtype:
+    """The precision a student drafts in: ``"auto"`` — bf16 for an fp32 student on a device
+    that multiplies bf16 natively (:func:`~teacher.device.native_bf16`: CUDA, CPUs with AMX),
+    else the student's own; ``"keep"`` or None — the student's; or a dtype (name). The drafts'
+    precision never changes the samples' distribution (the accept rule divides by the q each
+    draft was drawn from), only the acceptance — within noise for the demo's students."""
+    own = next(student.parameters()).dtype
+    if draft_dtype is None or draft_dtype == "keep":
+        return own
+    if draft_dtype == "auto":
+        fast = own == torch.float32 and native_bf16(next(student.parameters()).device)
+        return torch.bfloat16 if fast else own
+    return resolve_dtype(draft_dtype)
+
+
+_DRAFT_COPIES: weakref.WeakKeyDictionary[Student, tuple[Any, Student]] = weakref.WeakKeyDictionary()
+
+
+def draft_student(student: Student, dtype: torch.dtype) -> Student:
+    """``student`` in ``dtype`` for drafting: itself when it is in ``dtype`` already, else an
+    eval-mode cast copy, made once and kept while the student lives and its weights are
+    unchanged (an optimizer step or a loaded state makes a new copy)."""
+    params = list(student.parameters())
+    if params[0].dtype == dtype:
+        return student
+    key = (dtype, tuple((id(p), p._version) for p in params))
+    kept = _DRAFT_COPIES.get(student)
+    if kept is None or kept[0] != key:
+        cast = copy.deepcopy(student).to(dtype=dtype).eval()
+        kept = _DRAFT_COPIES[student] = (key, cast)
+    return kept[1]
+
+
 def draft_weight_ratio(prior: Prior, student: Student) -> float:
     """Weights one incremental draft step reads (:func:`distill.drafter.step_parameters`) over
     those one teacher step reads (the prior's transformer and its output head): about the cost
@@ -459,9 +497,18 @@ def choose_draft(prior: Prior, student: Student, draft: str = "auto") -> str:
 # statistics and the choice of γ
 
 
-def parse_gamma(value: int | str) -> int | str:
+def default_gamma(draft: str) -> int:
+    """γ when none is given: :data:`DEFAULT_WINDOW_GAMMA` for window drafts, else
+    :data:`DEFAULT_GAMMA`."""
+    return DEFAULT_WINDOW_GAMMA if draft == "window" else DEFAULT_GAMMA
+
+
+def parse_gamma(value: int | str | None) -> int | str | None:
     """A draft length as given on a command line or in a call: an int in ``1 …``
-    :data:`MAX_GAMMA` (also as text) or ``"auto"``; anything else is a :class:`ConfigError`."""
+    :data:`MAX_GAMMA` (also as text), ``"auto"``, or None (the draft's default,
+    :func:`default_gamma`); anything else is a :class:`ConfigError`."""
+    if value is None:
+        return None
     if isinstance(value, str):
         text = value.strip().lower()
         if text == "auto":
@@ -590,14 +637,18 @@ class SpeculativeSampler(LevelSampler):
     Args:
         prior: the level's teacher prior (eval mode is set).
         student: the level's student (or None with ``proposal``).
-        gamma: drafts per round γ, or ``"auto"``: measured while sampling (module docs). At
-            most the engine's queries per call minus one (a block of the prior).
+        gamma: drafts per round γ, ``"auto"`` (measured while sampling, module docs) or None
+            (:func:`default_gamma`: 4 for incremental drafts, 6 for window drafts). At most the
+            engine's queries per call minus one (a block of the prior).
         temperature, top_k, top_p: the teacher's sampling settings, as in exact mode.
         student_temperature: the student's sampling temperature (1.0: what it was distilled
             to match — the teacher at its distillation temperature).
         chunk_size: positions per call while priming a window on its prefix.
         draft: how a categorical student drafts: ``incremental``, ``window`` or ``auto``
             (module docs, :func:`choose_draft`); :attr:`draft` holds the one used.
+        draft_dtype: the precision the student drafts in (:func:`resolve_draft_dtype`):
+            ``"auto"`` (bf16 where the device multiplies it natively), ``"keep"``, or a dtype;
+            :attr:`draft_dtype` holds the one used (None with a custom proposal).
         proposal: a custom :class:`Proposal` (tests, other draft models).
         profile: time the rounds' parts with a device sync between them
             (:attr:`SpeculativeStats.seconds`; always on a CPU, where a sync costs nothing).
@@ -612,7 +663,7 @@ class SpeculativeSampler(LevelSampler):
         self,
         prior: Prior,
         student: Student | None = None,
-        gamma: int | str = DEFAULT_GAMMA,
+        gamma: int | str | None = None,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 0.0,
@@ -622,6 +673,7 @@ class SpeculativeSampler(LevelSampler):
         profile: bool = False,
         on_logits: LogitsHook | None = None,
         draft: str = "auto",
+        draft_dtype: str | torch.dtype | None = "auto",
     ) -> None:
         gamma = parse_gamma(gamma)
         self.auto = gamma == "auto"
@@ -636,12 +688,16 @@ class SpeculativeSampler(LevelSampler):
                 raise ConfigError("speculative sampling needs a student (or a proposal)")
             _check_pair(prior, student)
             draft = choose_draft(prior, student, draft)
-            proposal = make_proposal(student, student_temperature, draft)
+            dtype = resolve_draft_dtype(student, draft_dtype)
+            proposal = make_proposal(draft_student(student, dtype), student_temperature, draft)
         else:
-            draft = "custom"
+            draft, dtype = "custom", None
         self.draft = draft
+        self.draft_dtype = dtype
         self.prior = prior.eval()
         self.proposal = proposal
+        if gamma is None:
+            gamma = default_gamma(draft)
         self.gamma = AUTO_START[0] if self.auto else int(gamma)
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         self.chunk_size = chunk_size
@@ -983,6 +1039,7 @@ def _check_pair(prior: Prior, student: Student) -> None:
 __all__ = [
     "CategoricalProposal",
     "DEFAULT_GAMMA",
+    "DEFAULT_WINDOW_GAMMA",
     "DRAFTS",
     "GaussianProposal",
     "MAX_AUTO_GAMMA",
@@ -994,6 +1051,8 @@ __all__ = [
     "WindowProposal",
     "best_gamma",
     "choose_draft",
+    "default_gamma",
+    "draft_student",
     "draft_weight_ratio",
     "expected_tokens_per_pass",
     "ideal_speedup",
@@ -1002,6 +1061,7 @@ __all__ = [
     "parse_gamma",
     "predicted_speedup",
     "receptive_field",
+    "resolve_draft_dtype",
     "student_labels",
     "student_sample",
 ]

@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from distill.pipeline import FAST_MODES, FastJukebox, parse_students
-from distill.speculative import DEFAULT_GAMMA, parse_gamma
+from distill.speculative import parse_gamma
 from eval.clips import clip_length, load_clips
 from eval.report import write_report
 from eval.results import EvalResult
@@ -96,7 +96,7 @@ def evaluate(
     metadata: str | None = None,
     song_seconds: float | None = None,
     hybrid: str = DEFAULT_HYBRID,
-    gamma: int | str = DEFAULT_GAMMA,
+    gamma: int | str | None = None,
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = None,
     fd_level: int | None = None,
@@ -118,7 +118,8 @@ def evaluate(
         modes: sampling modes to compare; those that cannot run here are skipped.
         song_seconds: length of the end-to-end song; default the clip length.
         hybrid: hybrid mode's per-level plan (``"middle=exact,bottom=student"``).
-        gamma: speculative drafts per teacher pass, or ``"auto"``.
+        gamma: speculative drafts per teacher pass, ``"auto"``, or None (the draft's default:
+            4 incremental, 6 window).
         device: where the models run (``"auto"``: CUDA when present, else the CPU).
         dtype: the priors' and students' precision (default fp32).
         fd_level: VQ-VAE level whose encoder gives the FD-VQ features (default the top).
@@ -213,7 +214,10 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--hybrid", default=DEFAULT_HYBRID, help="hybrid mode's level modes")
     parser.add_argument(
-        "--gamma", default=DEFAULT_GAMMA, help="speculative drafts per teacher pass, or auto"
+        "--gamma",
+        default=None,
+        help="speculative drafts per teacher pass (default 4 with incremental drafts, 6 with "
+        "window drafts), or auto",
     )
     add_device_args(parser)
     parser.add_argument(

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from distill.pipeline import FastJukebox, resolve_level_modes
-from distill.speculative import SpeculativeStats, choose_draft, student_sample
+from distill.speculative import SpeculativeStats, choose_draft, default_gamma, student_sample
 from eval import metrics as M
 from eval.alignment import attention_alignment
 from eval.clips import Clip, WindowLabels, score_windows, windowed_nll_bits
@@ -127,7 +127,7 @@ def _upsample_all(
     mode: str,
     level_modes: str | None,
     seed: int,
-    gamma: int | str,
+    gamma: int | str | None,
 ) -> _Run:
     """Upsample every clip (one call each, its own names) from the ``given`` true codes."""
     run = _Run()
@@ -205,7 +205,7 @@ class Evaluation:
         audio: Tensor,
         seed: int,
         hybrid: str,
-        gamma: int | str,
+        gamma: int | str | None,
         fd_level: int | None,
         fd_frames: int,
     ) -> None:
@@ -484,6 +484,11 @@ class Evaluation:
     def setup(self, **extra: Any) -> dict[str, Any]:
         fj, names = self.fj, self.names
         n = len(self.clips)
+        drafts = {
+            names[lv]: choose_draft(self.jb.priors[lv], st)
+            for lv, st in sorted(fj.students.items())
+            if lv in self.jb.priors
+        }
         return {
             **extra,
             "students": {names[lv]: fj.student_dirs.get(lv) for lv in sorted(fj.students)},
@@ -504,12 +509,11 @@ class Evaluation:
             "clip_seconds": self.clip_s,
             "clips": [c.to_dict() for c in self.clips],
             "hybrid": self.hybrid,
-            "gamma": self.gamma,
             # what speculative levels draft with (draft="auto", distill.speculative.choose_draft)
-            "drafts": {
-                names[lv]: choose_draft(self.jb.priors[lv], st)
-                for lv, st in sorted(fj.students.items())
-                if lv in self.jb.priors
+            # and their γ (given, or the draft's default)
+            "drafts": drafts,
+            "gamma": {
+                k: default_gamma(d) if self.gamma is None else self.gamma for k, d in drafts.items()
             },
             "fd_vq": {
                 "name": M.FD_VQ_NAME,

@@ -25,6 +25,13 @@ DIGITS = 4
 # numbers
 
 
+def _per_level(value: Any) -> str:
+    """A setting per level (``{"middle": 6, ...}`` -> ``middle 6, bottom 6``), or one value."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {fmt(v)}" for k, v in value.items()) or "—"
+    return fmt(value)
+
+
 def fmt(value: Any, digits: int = DIGITS) -> str:
     """A number as both reports print it: ints as they are, floats to ``digits`` significant
     digits (``%g``), None/NaN as an em dash."""
@@ -174,10 +181,10 @@ def setup_table(setup: Mapping[str, Any]) -> Table:
         ["seeds", json.dumps(setup.get("seeds"))],
         ["modes", ", ".join(setup.get("modes", [])) or "—"],
         ["hybrid plan", str(setup.get("hybrid"))],
-        ["speculative γ", fmt(setup.get("gamma"))],
+        ["speculative γ", _per_level(setup.get("gamma"))],
         [
             "speculative drafts",
-            ", ".join(f"{k} {v}" for k, v in setup.get("drafts", {}).items()) or "—",
+            _per_level(setup.get("drafts")),
         ],
     ]
     for mode, why in setup.get("modes_skipped", {}).items():

@@ -220,8 +220,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--gamma",
         default=None,
-        help="speculative drafts per teacher pass (default 4), or auto: chosen from the "
-        "measured acceptance and costs",
+        help="speculative drafts per teacher pass (default 4 with incremental drafts, 6 with "
+        "window drafts), or auto: chosen from the measured acceptance and costs",
     )
     p.add_argument(
         "--draft",
@@ -263,14 +263,14 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 def _run_sample(args: argparse.Namespace) -> int:
     from distill.pipeline import FastJukebox, parse_students
-    from distill.speculative import DEFAULT_GAMMA, parse_gamma
+    from distill.speculative import parse_gamma
     from teacher.config import ConfigError
     from teacher.generate.labels import load_lyrics
     from teacher.levels import level_index
 
     if args.prompt is not None and args.codes is not None:
         raise ConfigError("--prompt (continue) and --codes (upsample) exclude each other")
-    gamma = parse_gamma(args.gamma) if args.gamma is not None else DEFAULT_GAMMA
+    gamma = parse_gamma(args.gamma)
     students = parse_students(args.students) if args.students else None
     jb = FastJukebox.from_pretrained(
         args.teacher, students=students, device=args.device, dtype=args.dtype

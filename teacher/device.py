@@ -49,6 +49,18 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices natively, several times faster than fp32: a
+    CUDA device with bf16 support, or a CPU with AMX tiles (oneDNN's bf16 products; without
+    them bf16 on a CPU is no faster than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        return bool(probe and probe())
+    return False
+
+
 def idle_cpu_threads(load: float | None = None, cores: int | None = None) -> int:
     """CPU threads for torch that do not fight other jobs: the usable cores minus the 1-minute
     load average (``load``; default ``os.getloadavg()``), rounded, at least 1.
@@ -95,6 +107,7 @@ __all__ = [
     "add_device_args",
     "has_values",
     "idle_cpu_threads",
+    "native_bf16",
     "resolve_device",
     "resolve_dtype",
 ]

@@ -166,7 +166,7 @@ def test_every_mode_gives_audio_of_the_requested_length(fj, mode, level_modes, w
             assert sp.windows == st.windows > 1 and sp.rounds >= sp.teacher_passes > 0
             assert sp.tokens == st.codes and 0 < sp.acceptance_rate < 1
             assert sp.teacher_passes < st.codes  # fewer teacher passes than codes
-            assert out.info["gamma"] == 3
+            assert out.info["gamma"][name] == 3
             assert out.info["draft"][name] in ("incremental", "window")
         else:
             assert st.speculative is None and st.student_passes == 0

@@ -17,17 +17,21 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 
 from distill.speculative import (
+    DEFAULT_GAMMA,
+    DEFAULT_WINDOW_GAMMA,
     CategoricalProposal,
     SpeculativeSampler,
     WindowProposal,
     best_gamma,
     choose_draft,
+    draft_student,
     draft_weight_ratio,
     expected_tokens_per_pass,
     ideal_speedup,
     parse_gamma,
     predicted_speedup,
     receptive_field,
+    resolve_draft_dtype,
     student_sample,
 )
 from student.base import Student
@@ -620,13 +624,60 @@ def test_auto_drafts_by_window_when_a_draft_step_costs_like_a_teacher_step(prior
         SpeculativeSampler(prior, students["gaussian"], draft="window")
 
 
+def test_gamma_defaults_to_the_drafts_own(prior, students):
+    """Window drafts cost nothing per round: their default γ is longer (6) than incremental
+    drafts' (4), whose every draft is a student step."""
+    small = students["categorical"]
+    assert SpeculativeSampler(prior, small, draft="window").gamma == DEFAULT_WINDOW_GAMMA == 6
+    assert SpeculativeSampler(prior, small, draft="incremental").gamma == DEFAULT_GAMMA == 4
+    assert SpeculativeSampler(prior, students["gaussian"]).gamma == 4
+    assert SpeculativeSampler(prior, small, gamma=3, draft="window").gamma == 3
+
+
+def test_students_draft_in_bf16_where_the_device_multiplies_it_natively(
+    prior, students, exact_codes, monkeypatch
+):
+    """``draft_dtype="auto"``: an fp32 student drafts through a bf16 copy where the device has
+    native bf16 products (AMX CPUs, CUDA), made once and remade when the weights change; the
+    samples stay the teacher's (chi-square), only the acceptance may move."""
+    import distill.speculative as spec
+
+    student = make_student(prior, seed=7)
+    for native, want in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(spec, "native_bf16", lambda device, native=native: native)
+        assert resolve_draft_dtype(student, "auto") == want
+        assert SpeculativeSampler(prior, student).draft_dtype == want
+    assert resolve_draft_dtype(student, "keep") == torch.float32
+    assert resolve_draft_dtype(student, "float16") == torch.float16
+    assert resolve_draft_dtype(student.to(torch.float16), "auto") == torch.float16
+    student.float()
+    assert draft_student(student, torch.float32) is student
+    half = draft_student(student, torch.bfloat16)
+    assert half is draft_student(student, torch.bfloat16)  # kept
+    assert next(half.parameters()).dtype == torch.bfloat16 and not half.training
+    with torch.no_grad():
+        next(student.parameters()).add_(1.0)  # the weights changed: a new copy
+    fresh = draft_student(student, torch.bfloat16)
+    assert fresh is not half
+    torch.testing.assert_close(
+        next(fresh.parameters()).float(), next(student.parameters()), atol=0.02, rtol=0.01
+    )
+    sp = SpeculativeSampler(prior, students["categorical"], gamma=2, draft_dtype="bfloat16")
+    assert next(sp.proposal.student.parameters()).dtype == torch.bfloat16
+    codes = _speculative(sp, 4000, 500, seed=3)
+    p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
+    assert p_two > 0.01 and p_fit > 0.01, (p_two, p_fit)
+    assert 0.3 < sp.stats.acceptance_rate < 0.95
+
+
 def test_bad_settings_are_clear_errors(prior, students, long_prior):
     with pytest.raises(ConfigError, match="gamma"):
         SpeculativeSampler(prior, students["categorical"], gamma=0)
     with pytest.raises(ConfigError, match="gamma"):
         SpeculativeSampler(prior, students["categorical"], gamma="fast")
     assert parse_gamma("auto") == "auto" and parse_gamma(" 7 ") == 7 and parse_gamma(3) == 3
-    for bad in ("0", "2.5", 65, True, None):
+    assert parse_gamma(None) is None  # the draft's default
+    for bad in ("0", "2.5", 65, True):
         with pytest.raises(ConfigError, match="gamma must be"):
             parse_gamma(bad)
     with pytest.raises(ConfigError, match="at most 8"):  # blocks of 8: at most 8 drafts
@@ -635,6 +686,8 @@ def test_bad_settings_are_clear_errors(prior, students, long_prior):
         )
     with pytest.raises(ConfigError, match="needs a student"):
         SpeculativeSampler(prior)
+    with pytest.raises(ConfigError, match="dtype"):
+        SpeculativeSampler(prior, students["categorical"], draft_dtype="int8")
     with pytest.raises(ConfigError, match="bins"):
         SpeculativeSampler(long_prior, students["categorical"])  # 4-code student, 8-code prior
     other = make_prior(dataclasses.replace(upsampler_cfg(), level=0).validate())
