@@ -429,18 +429,23 @@ def make_proposal(
     raise ConfigError(f"no speculative proposal for a {student.family!r} student")
 
 
-def resolve_draft_dtype(student: Student, draft_dtype: str | torch.dtype | None) -> torch.dtype:
-    """The precision a student drafts in: ``"auto"`` — bf16 for an fp32 student on a device
-    that multiplies bf16 natively (:func:`~teacher.device.native_bf16`: CUDA, CPUs with AMX),
-    else the student's own; ``"keep"`` or None — the student's; or a dtype (name). The drafts'
-    precision never changes the samples' distribution (the accept rule divides by the q each
-    draft was drawn from), only the acceptance — within noise for the demo's students."""
-    own = next(student.parameters()).dtype
+def resolve_draft_dtype(
+    student: Student, draft_dtype: str | torch.dtype | None, draft: str = "window"
+) -> torch.dtype:
+    """The precision a student drafts in: ``"auto"`` — bf16 for an fp32 student where bf16
+    products are native and pay (:func:`~teacher.device.native_bf16`): on CUDA, and on AMX
+    CPUs for ``window`` drafts (a whole window's products; one incremental column at a time is
+    slower in bf16 there), else the student's own; ``"keep"`` or None — the student's; or a
+    dtype (name). The drafts' precision never changes the samples' distribution (the accept
+    rule divides by the q each draft was drawn from), only the acceptance — within noise for
+    the demo's students."""
+    param = next(student.parameters())
     if draft_dtype is None or draft_dtype == "keep":
-        return own
+        return param.dtype
     if draft_dtype == "auto":
-        fast = own == torch.float32 and native_bf16(next(student.parameters()).device)
-        return torch.bfloat16 if fast else own
+        pays = param.device.type == "cuda" or draft == "window"
+        fast = param.dtype == torch.float32 and pays and native_bf16(param.device)
+        return torch.bfloat16 if fast else param.dtype
     return resolve_dtype(draft_dtype)
 
 
@@ -647,7 +652,7 @@ class SpeculativeSampler(LevelSampler):
         draft: how a categorical student drafts: ``incremental``, ``window`` or ``auto``
             (module docs, :func:`choose_draft`); :attr:`draft` holds the one used.
         draft_dtype: the precision the student drafts in (:func:`resolve_draft_dtype`):
-            ``"auto"`` (bf16 where the device multiplies it natively), ``"keep"``, or a dtype;
+            ``"auto"`` (bf16 where native bf16 products pay), ``"keep"``, or a dtype;
             :attr:`draft_dtype` holds the one used (None with a custom proposal).
         proposal: a custom :class:`Proposal` (tests, other draft models).
         profile: time the rounds' parts with a device sync between them
@@ -688,7 +693,7 @@ class SpeculativeSampler(LevelSampler):
                 raise ConfigError("speculative sampling needs a student (or a proposal)")
             _check_pair(prior, student)
             draft = choose_draft(prior, student, draft)
-            dtype = resolve_draft_dtype(student, draft_dtype)
+            dtype = resolve_draft_dtype(student, draft_dtype, draft)
             proposal = make_proposal(draft_student(student, dtype), student_temperature, draft)
         else:
             draft, dtype = "custom", None

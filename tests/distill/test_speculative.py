@@ -637,16 +637,19 @@ def test_gamma_defaults_to_the_drafts_own(prior, students):
 def test_students_draft_in_bf16_where_the_device_multiplies_it_natively(
     prior, students, exact_codes, monkeypatch
 ):
-    """``draft_dtype="auto"``: an fp32 student drafts through a bf16 copy where the device has
-    native bf16 products (AMX CPUs, CUDA), made once and remade when the weights change; the
-    samples stay the teacher's (chi-square), only the acceptance may move."""
+    """``draft_dtype="auto"``: an fp32 student drafts through a bf16 copy where native bf16
+    products pay (window drafts on AMX CPUs; CUDA), made once and remade when the weights
+    change; the samples stay the teacher's (chi-square), only the acceptance may move."""
     import distill.speculative as spec
 
     student = make_student(prior, seed=7)
     for native, want in ((False, torch.float32), (True, torch.bfloat16)):
         monkeypatch.setattr(spec, "native_bf16", lambda device, native=native: native)
         assert resolve_draft_dtype(student, "auto") == want
-        assert SpeculativeSampler(prior, student).draft_dtype == want
+        assert SpeculativeSampler(prior, student, draft="window").draft_dtype == want
+        # one incremental column at a time on a CPU: fp32 (bf16 does not pay there)
+        assert resolve_draft_dtype(student, "auto", "incremental") == torch.float32
+        assert SpeculativeSampler(prior, student, draft="incremental").draft_dtype == torch.float32
     assert resolve_draft_dtype(student, "keep") == torch.float32
     assert resolve_draft_dtype(student, "float16") == torch.float16
     assert resolve_draft_dtype(student.to(torch.float16), "auto") == torch.float16
