@@ -363,21 +363,23 @@ class WindowProposal(_StudentProposal):
         draw = student_sample(self.student, self.cond[:, s0:], prefix, generator, self.temperature)
         v = draw.logits.shape[-1]
         # positions before s0 are never drafted; rows near the end may be asked past the window
-        # (discarded drafts): a spare of MAX_GAMMA positions, uniform there
+        # (discarded drafts): a spare of MAX_GAMMA positions, uniform there. q of every position
+        # at once: a round only reads it
         self.tokens = draw.codes.new_zeros(b, length + MAX_GAMMA)
         self.tokens[:, s0:length] = draw.codes
-        self.logits = draw.logits.new_zeros(b, length + MAX_GAMMA, v)
-        self.logits[:, s0:length] = draw.logits / self.temperature
+        logits = draw.logits.new_zeros(b, length + MAX_GAMMA, v)
+        logits[:, s0:length] = draw.logits / self.temperature
+        self.probs = torch.softmax(logits, dim=-1)
         self.passes += draw.passes
 
     def draft(self, codes, m, gamma, generator) -> tuple[Tensor, Tensor]:
         if all(x == m[0] for x in m):
             at = slice(m[0], m[0] + gamma)
-            return self.tokens[:, at], torch.softmax(self.logits[:, at], dim=-1)
+            return self.tokens[:, at], self.probs[:, at]
         dev = self.tokens.device
         cols = torch.tensor(m, device=dev)[:, None] + torch.arange(gamma, device=dev)
         rows = torch.arange(len(m), device=dev)[:, None]
-        return self.tokens[rows, cols], torch.softmax(self.logits[rows, cols], dim=-1)
+        return self.tokens[rows, cols], self.probs[rows, cols]
 
 
 class GaussianProposal(_StudentProposal):
