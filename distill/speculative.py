@@ -121,7 +121,7 @@ _TINY = float(torch.finfo(torch.float32).tiny)
 MAX_AUTO_GAMMA = 12
 #: ``gamma="auto"`` explores these γ for :data:`AUTO_ROUNDS` rounds each, then picks
 AUTO_START = (2, 6)
-AUTO_ROUNDS = 4
+AUTO_ROUNDS = 6
 #: rounds between two choices of γ
 AUTO_EVERY = 32
 
@@ -556,6 +556,22 @@ def ideal_speedup(alpha: float, draft_steps: float, max_gamma: int = 8) -> float
     )
 
 
+def verify_cost_model(measured: dict[int, tuple[float, int]]) -> Callable[[int], float]:
+    """Seconds of a verification call of n queries, linear in n: the least-squares line through
+    the measured ``{queries: (total seconds, calls)}``, each count weighted by its calls (a
+    count seen once weighs little against one seen hundreds of times); never below 1 ns, its
+    slope never negative. One count measured: that cost for every n; none: 1 s."""
+    pts = [(n, s / c, c) for n, (s, c) in sorted(measured.items()) if c > 0]
+    if not pts:
+        return lambda n: 1.0
+    w = sum(c for _, _, c in pts)
+    mx = sum(n * c for n, _, c in pts) / w
+    my = sum(y * c for _, y, c in pts) / w
+    var = sum(c * (n - mx) ** 2 for n, _, c in pts)
+    slope = max(0.0, sum(c * (n - mx) * (y - my) for n, y, c in pts) / var) if var > 0 else 0.0
+    return lambda n: max(my + slope * (n - mx), 1e-9)
+
+
 def best_gamma(
     alpha: float, draft_s: float, verify_s: Callable[[int], float], accept_s: float, limit: int
 ) -> int:
@@ -959,9 +975,12 @@ class SpeculativeSampler(LevelSampler):
     # -- γ ----------------------------------------------------------------------------------------
 
     def _note_verify(self, queries: int, clock: _Clock) -> None:
+        """Add a verification call of ``queries`` queries to the cost model; the first call at
+        each count is a warm-up (masks and buffers made, caches cold) and is not counted."""
         if clock.timed:
-            entry = self._verify.setdefault(queries, [0.0, 0])
-            entry[0] += clock.last
+            entry = self._verify.setdefault(queries, [0.0, -1])
+            if entry[1] >= 0:
+                entry[0] += clock.last
             entry[1] += 1
 
     def _gamma(self, limit: int) -> int:
@@ -985,18 +1004,7 @@ class SpeculativeSampler(LevelSampler):
             return self.gamma
         draft_s = st.seconds.get("draft", 0.0) / draft_cols
         accept_s = (st.seconds.get("accept", 0.0) + st.seconds.get("rewind", 0.0)) / st.rounds
-        points = sorted((n, s / c) for n, (s, c) in self._verify.items() if c)
-        if len(points) >= 2:  # seconds of a call, linear in its queries
-            (n0, s0), (n1, s1) = points[0], points[-1]
-            slope = max(0.0, (s1 - s0) / (n1 - n0))
-
-            def verify(n: int) -> float:
-                return max(s0 + slope * (n - n0), 1e-9)
-        else:
-
-            def verify(n: int) -> float:
-                return max(points[0][1], 1e-9) if points else 1.0
-
+        verify = verify_cost_model({n: (s, c) for n, (s, c) in self._verify.items() if c > 0})
         # acceptance saturates just below 1 (α = 1 would make every γ equal in tokens)
         alpha = min(st.acceptance_rate, 0.999)
         return best_gamma(alpha, draft_s, verify, accept_s, limit)
@@ -1071,4 +1079,5 @@ __all__ = [
     "resolve_draft_dtype",
     "student_labels",
     "student_sample",
+    "verify_cost_model",
 ]
