@@ -14,9 +14,10 @@ window's prefix once; then every round, for every row of the batch at its own po
 2. verify: the teacher scores ``[x_{m-1}, d_m, …, d_{m+γ-1}]`` in ONE multi-query call of the
    engine (γ + 1 inputs at positions m … m+γ — position t reads token t−1 — give the logits of
    tokens m … m+γ, the last one the bonus token's);
-3. accept, on the device: drafts are accepted in order with probability ``min(1, p(d)/q(d))``;
-   at the first rejection the token is redrawn from ``norm(max(0, p − q))``; when all γ are
-   accepted a bonus token is drawn from the teacher's last logits (a round yields 1 … γ+1 codes);
+3. accept, on the device (a few rows on a CPU: on the host, the same draws): drafts are
+   accepted in order with probability ``min(1, p(d)/q(d))``; at the first rejection the token
+   is redrawn from ``norm(max(0, p − q))``; when all γ are accepted a bonus token is drawn from
+   the teacher's last logits (a round yields 1 … γ+1 codes);
 4. rewind: each row's position moves to its accepted length (a pointer moves: the engine masks
    what the rejected drafts left, the drafter overwrites it).
 
@@ -68,10 +69,17 @@ The proposals
   snapped, since the snap is not a draw from q. Expect lower acceptance and slow rounds.
 
 Cost of a round and γ: ``γ · c_draft + c_verify(γ+1) + c_accept`` for an expected
-``(1 − α^{γ+1})/(1 − α)`` codes (:func:`expected_tokens_per_pass`); ``gamma="auto"`` measures
-the costs and α while sampling and picks the γ that maximises codes per second
-(:func:`best_gamma`). :attr:`SpeculativeStats.seconds` breaks the rounds' time down into
-draft, verify, accept and rewind.
+``(1 − α^{γ+1})/(1 − α)`` codes (:func:`expected_tokens_per_pass`); by default γ = 4 for
+incremental drafts and 6 for window drafts (free per round: only the verification grows with
+γ); ``gamma="auto"`` measures the costs and α while sampling and picks the γ that maximises
+codes per second (:func:`best_gamma`, :func:`verify_cost_model`).
+:attr:`SpeculativeStats.seconds` breaks the rounds' time down into draft, verify, accept and
+rewind.
+
+Precision of the drafts: the student may draft in another dtype than it was loaded in
+(``draft_dtype``, :func:`resolve_draft_dtype`): by default bf16 where native bf16 products pay
+(window drafts on AMX CPUs — a window sample of the demo student 85 -> 47 ms —, any draft on
+CUDA). Exactness does not depend on it: q is whatever the draft was drawn from.
 """
 
 from __future__ import annotations
