@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from teacher.config import ConfigError
-from teacher.device import idle_cpu_threads, resolve_device, resolve_dtype
+from teacher.device import idle_cpu_threads, native_bf16, resolve_device, resolve_dtype
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,13 @@ def test_device_and_dtype_names():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_native_bf16_follows_the_cpus_amx_tiles(monkeypatch):
+    """bf16 products are 'native' on a CPU only with AMX tiles (oneDNN's bf16 kernels; without
+    them bf16 is no faster than fp32), never on the meta device."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert native_bf16(torch.device("cpu")) is True
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert native_bf16(torch.device("cpu")) is False
+    assert native_bf16(torch.device("meta")) is False
