@@ -465,10 +465,13 @@ _DRAFT_COPIES: weakref.WeakKeyDictionary[Student, tuple[Any, Student]] = weakref
 def draft_student(student: Student, dtype: torch.dtype) -> Student:
     """``student`` in ``dtype`` for drafting: itself when it is in ``dtype`` already, else an
     eval-mode cast copy, made once and kept while the student lives and its weights are
-    unchanged (an optimizer step or a loaded state makes a new copy)."""
+    unchanged (an optimizer step or a loaded state makes a new copy; a student made under
+    ``torch.inference_mode`` has no version counters: a new copy per call)."""
     params = list(student.parameters())
     if params[0].dtype == dtype:
         return student
+    if any(p.is_inference() for p in params):  # no version counters: a fresh copy each time
+        return copy.deepcopy(student).to(dtype=dtype).eval()
     key = (dtype, tuple((id(p), p._version) for p in params))
     kept = _DRAFT_COPIES.get(student)
     if kept is None or kept[0] != key:

@@ -678,6 +678,9 @@ def test_students_draft_in_bf16_where_the_device_multiplies_it_natively(
     torch.testing.assert_close(
         next(fresh.parameters()).float(), next(student.parameters()), atol=0.02, rtol=0.01
     )
+    with torch.inference_mode():  # made here: no version counters, still drafts
+        frozen = make_student(prior, seed=7)
+    assert draft_student(frozen, torch.bfloat16) is not draft_student(frozen, torch.bfloat16)
     sp = SpeculativeSampler(prior, students["categorical"], gamma=2, draft_dtype="bfloat16")
     assert next(sp.proposal.student.parameters()).dtype == torch.bfloat16
     codes = _speculative(sp, 4000, 500, seed=3)
