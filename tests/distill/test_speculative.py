@@ -681,12 +681,15 @@ def test_students_draft_in_bf16_where_the_device_multiplies_it_natively(
     with torch.inference_mode():  # made here: no version counters, still drafts
         frozen = make_student(prior, seed=7)
     assert draft_student(frozen, torch.bfloat16) is not draft_student(frozen, torch.bfloat16)
-    sp = SpeculativeSampler(prior, students["categorical"], gamma=2, draft_dtype="bfloat16")
-    assert next(sp.proposal.student.parameters()).dtype == torch.bfloat16
-    codes = _speculative(sp, 4000, 500, seed=3)
-    p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
-    assert p_two > 0.01 and p_fit > 0.01, (p_two, p_fit)
-    assert 0.3 < sp.stats.acceptance_rate < 0.95
+    for draft in ("window", "incremental"):  # (bf16 incremental drafts: CUDA's default)
+        sp = SpeculativeSampler(
+            prior, students["categorical"], gamma=2, draft=draft, draft_dtype="bfloat16"
+        )
+        assert next(sp.proposal.student.parameters()).dtype == torch.bfloat16
+        codes = _speculative(sp, 4000, 500, seed=3)
+        p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
+        assert p_two > 0.01 and p_fit > 0.01, (draft, p_two, p_fit)
+        assert 0.3 < sp.stats.acceptance_rate < 0.95
 
 
 def test_bad_settings_are_clear_errors(prior, students, long_prior):
