@@ -49,6 +49,7 @@ from distill.speculative import (
     SpeculativeSampler,
     SpeculativeStats,
     parse_draft,
+    parse_draft_dtype,
     parse_gamma,
     receptive_field,
     student_labels,
@@ -532,6 +533,7 @@ class FastJukebox:
         chunk_size: int | None = DEFAULT_CHUNK,
         student_chunk_size: int | None = None,
         draft: str = "auto",
+        draft_dtype: str | torch.dtype | None = "auto",
     ) -> dict[int, _Timed]:
         """A timed :class:`LevelSampler` per planned level (:meth:`plan`)."""
         temps = per_level(temperature, self.levels, DEFAULT_TEMPERATURE)
@@ -560,6 +562,7 @@ class FastJukebox:
                     student_temperature=s_temps[lv],
                     chunk_size=chunk_size,
                     draft=draft,
+                    draft_dtype=draft_dtype,
                 )
             out[lv] = _Timed(inner, stats)
         return out
@@ -598,6 +601,7 @@ class FastJukebox:
         student_temperature: PerLevel = 1.0,
         student_chunk_size: int | None = None,
         draft: str = "auto",
+        draft_dtype: str | torch.dtype | None = "auto",
     ) -> FastGenerationResult:
         """Run the teacher's ``entry`` with a sampler per level chosen by the mode.
 
@@ -614,6 +618,9 @@ class FastJukebox:
             student_chunk_size: :class:`StudentSampler`'s memory chunking (None: one call).
             draft: how categorical students draft in speculative levels: ``incremental``,
                 ``window`` or ``auto`` (:func:`distill.speculative.choose_draft`).
+            draft_dtype: the precision students draft in: ``auto`` (bf16 where native bf16
+                products pay), ``keep``, or a dtype
+                (:func:`distill.speculative.resolve_draft_dtype`).
 
         Everything else is ``entry``'s (``temperature``, ``top_k``, ``top_p`` are the
         teacher's, in exact and speculative levels alike). Everything is validated and the
@@ -626,6 +633,7 @@ class FastJukebox:
             student_temperature=student_temperature,
             student_chunk_size=student_chunk_size,
             draft=draft,
+            draft_dtype=draft_dtype,
         )
         for key in fast:
             if key in kwargs:
@@ -636,6 +644,7 @@ class FastJukebox:
         teacher = bound.arguments
         gamma = parse_gamma(gamma)
         parse_draft(fast["draft"])  # checked in every mode, before any model runs
+        parse_draft_dtype(fast["draft_dtype"])
         plan = self.plan(mode, level_modes, teacher["levels"])
         samplers = self.samplers(
             plan,
@@ -647,6 +656,7 @@ class FastJukebox:
             teacher["chunk_size"],
             fast["student_chunk_size"],
             fast["draft"],
+            fast["draft_dtype"],
         )
         teacher["samplers"] = samplers
         result = entry(*bound.args, **bound.kwargs)
@@ -671,6 +681,11 @@ class FastJukebox:
             }
             info["draft"] = {
                 self._name(lv): s.inner.draft
+                for lv, s in samplers.items()
+                if isinstance(s.inner, SpeculativeSampler)
+            }
+            info["draft_dtype"] = {
+                self._name(lv): str(s.inner.draft_dtype).removeprefix("torch.")
                 for lv, s in samplers.items()
                 if isinstance(s.inner, SpeculativeSampler)
             }

@@ -439,6 +439,25 @@ def make_proposal(
     raise ConfigError(f"no speculative proposal for a {student.family!r} student")
 
 
+#: ``draft_dtype`` names besides the dtypes' (:data:`teacher.device.DTYPES`)
+DRAFT_DTYPES = ("auto", "keep")
+
+
+def parse_draft_dtype(value: str | torch.dtype | None) -> str | torch.dtype | None:
+    """A draft precision as given: ``auto``, ``keep``, None, a dtype name (``bfloat16`` ...)
+    or a floating torch dtype; anything else is a :class:`ConfigError` (before any model
+    runs)."""
+    if value is None or value in DRAFT_DTYPES:
+        return value
+    try:
+        resolve_dtype(value)
+    except ConfigError:
+        raise ConfigError(
+            f"draft_dtype must be auto, keep, float32, bfloat16 or float16, got {value!r}"
+        ) from None
+    return value
+
+
 def resolve_draft_dtype(
     student: Student, draft_dtype: str | torch.dtype | None, draft: str = "window"
 ) -> torch.dtype:
@@ -449,6 +468,7 @@ def resolve_draft_dtype(
     dtype (name). The drafts' precision never changes the samples' distribution (the accept
     rule divides by the q each draft was drawn from), only the acceptance — within noise for
     the demo's students."""
+    parse_draft_dtype(draft_dtype)
     param = next(student.parameters())
     if draft_dtype is None or draft_dtype == "keep":
         return param.dtype
@@ -1066,6 +1086,7 @@ __all__ = [
     "CategoricalProposal",
     "DEFAULT_GAMMA",
     "DEFAULT_WINDOW_GAMMA",
+    "DRAFT_DTYPES",
     "DRAFTS",
     "GaussianProposal",
     "MAX_AUTO_GAMMA",
@@ -1084,6 +1105,7 @@ __all__ = [
     "ideal_speedup",
     "make_proposal",
     "parse_draft",
+    "parse_draft_dtype",
     "parse_gamma",
     "predicted_speedup",
     "receptive_field",

@@ -232,6 +232,14 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         "auto (window when a draft step costs a sizable part of a teacher step)",
     )
     p.add_argument(
+        "--draft_dtype",
+        default="auto",
+        choices=("auto", "keep", "float32", "bfloat16", "float16"),
+        help="the precision students draft in: auto (bf16 where native bf16 products pay: "
+        "window drafts on AMX CPUs, CUDA), keep (the loaded one) or a dtype; the samples' "
+        "distribution never depends on it",
+    )
+    p.add_argument(
         "--student_temperature", type=float, default=1.0, help="students' sampling temperature"
     )
     p.add_argument("--teacher", required=True, help="folder with vqvae/, top/, middle/, bottom/")
@@ -283,7 +291,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             raise ConfigError(f"--temperature: {err}") from None
         temperature = temps[0] if len(temps) == 1 else temps
     passed = ("artist", "top_k", "top_p", "seed", "mode", "level_modes", "student_temperature")
-    passed += ("draft",)
+    passed += ("draft", "draft_dtype")
     passed += ("student_chunk_size",)
     common: dict[str, Any] = {k: getattr(args, k) for k in passed}  # flags taken as they are
     common.update(

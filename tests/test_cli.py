@@ -105,3 +105,12 @@ def test_a_bad_gamma_is_refused_before_any_model_loads(tmp_path, capsys, gamma):
     out = capsys.readouterr()
     text = " ".join((out.out + out.err).split())
     assert "gamma must be 1 … 64 drafts or 'auto'" in text and "missing" not in text
+
+
+def test_a_bad_draft_dtype_is_refused_before_any_model_loads(tmp_path, capsys):
+    argv = ["sample", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as err:  # argparse's choices
+        main([*argv, "--draft_dtype", "int8"])
+    assert err.value.code == 2
+    text = capsys.readouterr().err
+    assert "--draft_dtype" in text and "invalid choice" in text

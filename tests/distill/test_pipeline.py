@@ -187,6 +187,19 @@ def test_the_draft_is_chosen_per_call_and_recorded(fj):
         fj.upsample(top, draft="fast", mode="exact", levels=("middle",), progress=False)
 
 
+def test_the_draft_precision_is_chosen_per_call_and_recorded(fj):
+    """``draft_dtype``: ``keep`` drafts with the loaded fp32 student, a dtype with a cast copy;
+    labels.json records it per level; a bad one is refused before anything samples."""
+    top = {2: torch.randint(0, 32, (1, 4))}
+    kw = dict(mode="speculative", seed=5, levels=("middle",), progress=False, draft="window")
+    for given, want in (("keep", "float32"), ("bfloat16", "bfloat16")):
+        out = fj.upsample(top, draft_dtype=given, **kw)
+        assert out.info["draft_dtype"] == {"middle": want}
+        assert out.stats["middle"].speculative.tokens == out.codes[1].numel()
+    with pytest.raises(ConfigError, match="draft_dtype must be"):
+        fj.upsample(top, draft_dtype="int8", mode="exact", levels=("middle",), progress=False)
+
+
 def test_exact_mode_is_the_teachers_own_sampling(fj):
     kw = dict(duration_seconds=0.25, n_samples=2, seed=4, temperature=0.9, **COMMON)
     ours = fj.generate(mode="exact", **kw)
