@@ -154,11 +154,11 @@ class CausalStack(nn.Module):
         b, t, _ = cond.shape
         width, kernel, layers = self.width, self.cfg.kernel_size, self.layers
         pad = (kernel - 1) * max(self.cfg.dilations)
-        c = cond.transpose(0, 1).reshape(t * b, -1)  # time-major rows: row t·B + b
+        c = cond.transpose(0, 1).reshape(t * b, cond.shape[-1])  # time-major: row t·B + b
         hbuf = c.new_zeros(pad + t, b, width)  # the residual stream, ``pad`` zeros first
         h = hbuf[pad:].view(t * b, width)
         if x is not None:
-            rows = x.to(c.dtype).transpose(0, 1).reshape(t * b, -1)
+            rows = x.to(c.dtype).transpose(0, 1).reshape(t * b, x.shape[-1])
             torch.addmm(self.inp.bias, rows, self.inp.weight[:, :, 0].t(), out=h)
         skips: Tensor | None = None
         for layer in layers:
@@ -184,7 +184,7 @@ class CausalStack(nn.Module):
         y = torch.relu_(torch.addmm(hidden.bias, y, hidden.weight[:, :, 0].t()))
         last = self.out[-1]
         out = torch.addmm(last.bias.float(), y.float(), last.weight[:, :, 0].float().t())
-        return out.view(t, b, -1).transpose(0, 1).contiguous()
+        return out.view(t, b, out.shape[-1]).transpose(0, 1).contiguous()
 
 
 def _autocasting(x: Tensor) -> bool:

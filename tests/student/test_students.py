@@ -197,6 +197,9 @@ def test_causal_stack_inference_path_equals_the_convolutions(cfg, in_channels, b
         with torch.autocast("cpu", dtype=torch.bfloat16):
             cast = stack(x, cond)  # autocast: the convolutions as it casts them
     assert fast.shape == ref.shape == (batch, 40, 7) and fast.dtype == torch.float32
+    with torch.no_grad():  # an empty span is an empty output, as the convolutions give
+        empty = stack.infer(None if x is None else x[:, :0], cond[:, :0])
+    assert empty.shape == (batch, 0, 7)
     torch.testing.assert_close(fast, ref.detach(), rtol=1e-5, atol=1e-5)
     assert torch.equal(fast, direct)
     assert not torch.equal(cast, fast) and (cast - ref).abs().max() < 0.2
