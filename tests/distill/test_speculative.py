@@ -239,22 +239,29 @@ def test_a_broken_accept_rule_is_detected(prior, students, exact_codes, broken):
 
 
 @pytest.mark.parametrize("draft", ["incremental", "window"])
-@pytest.mark.parametrize("batch, n_prefix", [(1, 0), (3, 5)])
-def test_the_host_accept_step_makes_the_device_paths_draws(long_prior, draft, batch, n_prefix):
+@pytest.mark.parametrize("batch, n_prefix, lockstep", [(1, 0, False), (3, 5, False), (3, 2, True)])
+def test_the_host_accept_step_makes_the_device_paths_draws(
+    long_prior, draft, batch, n_prefix, lockstep
+):
     """A few rows on a CPU accept on the host (numpy): from the same uniforms it draws exactly
-    what the device path draws (so the chi-square tests of the device path cover it), rows apart,
-    rejections, residual draws and bonus tokens included."""
+    what the device path draws (so the chi-square tests of the device path cover it), rows apart
+    or in lockstep, rejections, residual draws and bonus tokens included."""
     student = make_student(long_prior, seed=4)
     g = torch.Generator().manual_seed(9)
     upper = torch.randint(8, (batch, 8), generator=g)
     prefix = torch.randint(8, (batch, n_prefix), generator=g)
     outs, stats = [], []
-    for rows in (batch, 0):  # the host path, then the device path
-        sp = SpeculativeSampler(long_prior, student, gamma=3, draft=draft, top_k=6)
-        sp.host_accept_rows = rows
-        g = torch.Generator().manual_seed(11)
-        outs.append(sp.sample_window(32, prefix, None, upper, g))
-        stats.append(sp.stats)
+    engine = engine_for(long_prior, batch)
+    engine.rows_together = lockstep
+    try:
+        for rows in (batch, 0):  # the host path, then the device path
+            sp = SpeculativeSampler(long_prior, student, gamma=3, draft=draft, top_k=6)
+            sp.host_accept_rows = rows
+            g = torch.Generator().manual_seed(11)
+            outs.append(sp.sample_window(32, prefix, None, upper, g))
+            stats.append(sp.stats)
+    finally:
+        engine.rows_together = False
     assert torch.equal(outs[0], outs[1])
     assert torch.equal(outs[0][:, :n_prefix], prefix)
     host, device = stats
@@ -265,6 +272,8 @@ def test_the_host_accept_step_makes_the_device_paths_draws(long_prior, draft, ba
         device.rounds,
     )
     assert 0 < host.accepted < host.evaluated  # rejections and acceptances both happened
+    if lockstep:  # every row advanced by the same count each round: none finished early
+        assert host.row_passes == host.rounds * batch
 
 
 # ---------------------------------------------------------------------------------------------
