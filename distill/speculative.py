@@ -101,7 +101,7 @@ from torch import Tensor
 from distill.drafter import IncrementalStage, step_parameters
 from student.base import Student, gumbel_noise
 from teacher.config import ConfigError
-from teacher.device import native_bf16, resolve_dtype
+from teacher.device import DTYPES, native_bf16, resolve_dtype
 from teacher.generate.engine import START, engine_for
 from teacher.generate.sampler import LevelSampler, ProgressFn, WindowInputs, filter_logits
 from teacher.prior.model import Prior
@@ -439,8 +439,8 @@ def make_proposal(
     raise ConfigError(f"no speculative proposal for a {student.family!r} student")
 
 
-#: ``draft_dtype`` names besides the dtypes' (:data:`teacher.device.DTYPES`)
-DRAFT_DTYPES = ("auto", "keep")
+#: ``draft_dtype`` names: ``auto``, ``keep`` and the dtypes' (:data:`teacher.device.DTYPES`)
+DRAFT_DTYPES = ("auto", "keep", *DTYPES)
 
 
 def parse_draft_dtype(value: str | torch.dtype | None) -> str | torch.dtype | None:
@@ -453,7 +453,7 @@ def parse_draft_dtype(value: str | torch.dtype | None) -> str | torch.dtype | No
         resolve_dtype(value)
     except ConfigError:
         raise ConfigError(
-            f"draft_dtype must be auto, keep, float32, bfloat16 or float16, got {value!r}"
+            f"draft_dtype must be one of {', '.join(DRAFT_DTYPES)}, got {value!r}"
         ) from None
     return value
 

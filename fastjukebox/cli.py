@@ -206,7 +206,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     from distill.pipeline import FAST_MODES
-    from distill.speculative import DRAFTS
+    from distill.speculative import DRAFT_DTYPES, DRAFTS
     from teacher.device import add_device_args
 
     p = sub.add_parser(
@@ -234,7 +234,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--draft_dtype",
         default="auto",
-        choices=("auto", "keep", "float32", "bfloat16", "float16"),
+        choices=DRAFT_DTYPES,
         help="the precision students draft in: auto (bf16 where native bf16 products pay: "
         "window drafts on AMX CPUs, CUDA), keep (the loaded one) or a dtype; the samples' "
         "distribution never depends on it",
