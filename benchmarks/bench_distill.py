@@ -7,8 +7,10 @@ Takes a finished demo folder (``--demo OUT``: its ``teacher/`` and ``students/``
 (a) speed -- seconds to upsample ``--seconds`` of audio at each upsampling level (middle,
     bottom) in exact, accelerated (the categorical student) and speculative mode (its two
     drafts: ``speculative``, the final stage stepped per draft, and ``speculative-window``,
-    one student sample per window read per round), with the
-    ratio to exact, at batch 1 (latency; the middle level gets one FULL window of 2048 codes,
+    one student sample per window read per round; ``speculative-auto``: ``gamma="auto"``, which
+    also leaves to the teacher alone the windows where drafting was measured slower, timed
+    cold — a process's first window at the batch size, drafted to measure it — and measured),
+    with the ratio to exact, at batch 1 (latency; the middle level gets one FULL window of 2048 codes,
     the bottom 4x as many over several windows) and at batch ``--batch`` (throughput). The time
     is the wall time inside the level's sampler (``FastGenerationResult.stats``; decoding
     excluded), given the clip's TRUE upper codes. A student costs K passes whatever the length,
@@ -34,39 +36,47 @@ Takes a finished demo folder (``--demo OUT``: its ``teacher/`` and ``students/``
 A final GOALS table marks each goal MET / NOT MET with the measured value: accelerated >= 50x
 faster than exact at batch 1; student MR-STFT within 1.15x of the teacher's; KL/token < 0.2
 nats; speculative >= 3 codes per teacher pass, as fast as exact at batch 1 and not slower at
-batch ``--batch`` (its better draft); with ``--released``, a round within 1.3x of an exact step
+batch ``--batch`` (its best variant); with ``--released``, a round within 1.3x of an exact step
 at the released upsampler's shape, projecting to >= 2.5x. Every table also goes to
 ``--out_md``.
 
     python benchmarks/bench_distill.py --demo demo_out [--out_md bench_distill.md]
     python benchmarks/bench_distill.py --train_into demo_out      # trains the demo first
 
-Threads: torch's default (all cores). Timings are wall clock on a shared machine: each is one
-run after a warm-up, so read ratios rather than absolute seconds.
+Threads: torch's default (all cores). Timings are wall clock on a shared machine: in (a) the
+fastest of ``--repeats`` runs (2) after a warm-up, elsewhere one run after a warm-up, so read
+ratios rather than absolute seconds.
 
 Measured here (2 vCPU Xeon with AMX, torch 2.13.0+cpu, 2 threads, quiet; the SHIPPED demo
 models (``fastjukebox demo``'s folder, ``eval/demo/pretrained/MODEL_CARD.md``; the middle student
 at 13500 steps), 16 kHz; 4 held-out clips of 4.10 s = 2048 middle / 8192 bottom codes; teacher
 windows of 2048 codes; students K = 4; speculative gamma = the draft's default (4 incremental,
-6 window); 3.3 min with ``--released --released_dtype bfloat16``)::
+6 window); (a) the fastest of 2 runs; 5.8 min with ``--only_speed``)::
 
     (a) s (x exact)  B=1: middle    bottom         B=16: middle    bottom
-        exact             0.66           2.68                1.29            5.78
-        accelerated       0.10 (6.3x)    0.46 (5.9x)         2.24 (0.58x)    10.6 (0.54x)
-        spec. incremental 1.64 (0.40x)   5.39 (0.50x)        6.82 (0.19x)    21.3 (0.27x)
-        spec. window      0.62 (1.07x)   2.20 (1.22x)        4.81 (0.27x)    13.0 (0.44x)
+        exact             0.69           2.71                1.29            5.65
+        accelerated       0.10 (7.3x)    0.43 (6.4x)         2.22 (0.58x)    10.6 (0.53x)
+        spec. incremental 1.65 (0.42x)   5.39 (0.50x)        6.81 (0.19x)    21.5 (0.26x)
+        spec. window      0.61 (1.14x)   2.14 (1.26x)        4.25 (0.30x)    13.9 (0.41x)
+        spec. auto, cold  0.60 (1.15x)   2.12 (1.28x)        3.89 (0.33x)    7.89 (0.72x)
+        spec. auto        0.62 (1.12x)   2.12 (1.28x)        1.26 (1.03x)    5.77 (0.98x)
+        (auto: gamma="auto"; cold = a process's first window at the batch size, drafted to
+        measure it; then at batch 16 every window is left to the teacher alone -- exact mode's
+        own path, equal to it within timing noise: alternating runs 0.99x-1.01x)
     (a2) one clip's both levels from its true top codes (the bottom reads SAMPLED middle codes):
-        exact 3.47 s, speculative (window drafts) 3.38 s = 1.03x: the bottom student's
-        acceptance falls from 0.76 to 0.63 on sampled middle codes (distilled on real ones)
+        exact 3.32-3.47 s, speculative (window drafts) 0.91x-1.03x over runs: the bottom
+        student's acceptance falls from 0.76 to 0.63 on sampled middle codes (distilled on real
+        ones)
     (b) acceptance, batch 1: incremental 0.69 / 0.82 (middle / bottom) -> 2.71 / 3.47 codes per
-        teacher pass per row (gamma 4); window 0.67 / 0.76 -> 2.74 / 3.37 (gamma 6)
-    (b2) per round, batch 1: exact step 0.32 ms; incremental: draft 0.34 ms/code (1.05 exact
+        teacher pass per row (gamma 4); window 0.67 / 0.76 -> 2.74 / 3.37 (gamma 6); auto 0.66 /
+        0.77 -> 2.85 / 3.63 (gamma ~7 on average)
+    (b2) per round, batch 1: exact step 0.33 ms; incremental: draft 0.34 ms/code (1.0 exact
         steps: the demo student's final stage reads 2.5x the weights of a teacher step), verify
-        0.62 ms, accept 0.13 ms -> a round of gamma 4 costs 6.6 steps, and even an ideal round
-        (verify = one step, accept free) would give 0.82x / 0.89x ("bound"); window: a draft
-        reads a view (1.5 us), verify 0.57 ms, accept 0.10 ms (on the host) -> a round of
-        gamma 6 costs 2.1-2.2 steps for 2.7-3.4 codes (predicted 1.28x / 1.64x from the rounds
-        alone), measured 1.07x / 1.22x with the student's bf16 sample per window
+        0.62 ms, accept 0.13 ms -> a round of gamma 4 costs 6.3-6.5 steps, and even an ideal
+        round (verify = one step, accept free) would give 0.84x / 0.89x ("bound"); window: a
+        draft reads a view (1.4 us), verify 0.56-0.58 ms, accept 0.11 ms (on the host) -> a
+        round of gamma 6 costs 2.1 steps for 2.7-3.4 codes (predicted 1.33x / 1.67x from the
+        rounds alone), measured 1.14x / 1.26x with the student's bf16 sample per window
     (c) given the TRUE upper codes: MR-STFT x the teacher's 0.98 / 0.97; KL 0.174 / 0.103 nats;
         pitch agreement with the clips' audio: real codes 0.81 / 0.86, teacher 0.70 / 0.80,
         student 0.71 / 0.80, random codes 0.00 / 0.00
@@ -74,11 +84,12 @@ windows of 2048 codes; students K = 4; speculative gamma = the draft's default (
         student's architecture at the released geometry): exact step 188 ms, draft 1.3 ms/code,
         verify 185 ms/round, round / step 1.01 -> 2.70x projected at the middle's acceptance
         0.69 (3.4x at the bottom's 0.82).
-    GOALS: accelerated >= 50x at batch 1: NOT MET (6.0x); MR-STFT within 1.15x: MET (0.98x,
+    GOALS: accelerated >= 50x at batch 1: NOT MET (6.5x); MR-STFT within 1.15x: MET (0.98x,
         0.97x); KL < 0.2: MET (0.174, 0.103); speculative >= 3 codes per pass: bottom MET
-        (3.47), middle NOT MET (2.74); speculative as fast as exact (B=1): MET (1.07x / 1.22x
-        with window drafts); not slower at B=16: NOT MET (0.27x / 0.44x); released round within
-        1.3x of a step: MET (1.01x); >= 2.5x projected: MET (2.70x)
+        (3.63 auto), middle NOT MET (2.85 auto); speculative as fast as exact (B=1): MET (1.14x /
+        1.28x); not slower at B=16: middle MET (1.03x, auto), bottom NOT MET by timing noise
+        (0.98x: the teacher alone on 7/7 windows); released round within 1.3x of a step: MET
+        (1.01x); >= 2.5x projected: MET (2.70x)
 
 What made window drafts pay at batch 1 (they ran at 0.85x / 0.89x before): the students' stacks
 run as matrix products without autograd (``CausalStack.infer``: a window sample 130 -> 85 ms),
@@ -88,12 +99,13 @@ still do not pay here: the demo teacher is tiny (its transformer has 0.3 M param
 0.3 ms, mostly per-op overhead) while the student's final stage, 8 layers of width 128, reads
 2.5x its weights per draft (the bound column). Why the middle stays below 3 codes per pass: its
 student's acceptance (0.69 incremental, 0.67 window) caps E[codes] at 1/(1 - a) = 3.0-3.2 for
-any gamma. Why batch 16 loses: a batched teacher step serves 16 rows for ~2 single-row steps,
-while the student's sample is compute-bound over every row (accelerated mode itself runs at
-0.54-0.58x of exact there) and rows at different positions verify through the engine's static
-path (2.3 ms a round, 3.7 batched steps). Speculative mode pays where a draft costs a small
-fraction of a step and verifying gamma + 1 codes costs about one step: the released upsampler
-(above: a step 140x a draft, verification = one step in bf16).
+any gamma. Why drafting loses at batch 16: a batched teacher step serves 16 rows for ~2
+single-row steps, while the student's sample is compute-bound over every row (accelerated mode
+itself runs at 0.53-0.58x of exact there) and rows at different positions verify through the
+engine's static path (1.8-2.5 ms a round, 3-4 batched steps); ``gamma="auto"`` therefore
+leaves those windows to the teacher. Speculative mode pays where a draft costs a small fraction
+of a step and verifying gamma + 1 codes costs about one step: the released upsampler (above: a
+step 140x a draft, verification = one step in bf16).
 """
 
 from __future__ import annotations
@@ -120,6 +132,7 @@ from distill.pipeline import FastJukebox  # noqa: E402
 from distill.speculative import (  # noqa: E402
     DEFAULT_GAMMA,
     SpeculativeStats,
+    clear_window_costs,
     expected_tokens_per_pass,
     ideal_speedup,
     parse_gamma,
@@ -146,8 +159,12 @@ log = logging.getLogger("bench_distill")
 
 UPSAMPLING = ("middle", "bottom")
 #: speed variants: "speculative" drafts incrementally (the student's final stage stepped per
-#: draft), "speculative-window" reads one student sample per window (distill.speculative)
-SPEED_MODES = ("exact", "accelerated", "speculative", "speculative-window")
+#: draft), "speculative-window" reads one student sample per window (distill.speculative);
+#: "speculative-auto": the draft chosen by the pair's weights and gamma="auto" (γ measured, and
+#: windows where drafting was measured slower left to the teacher alone), run twice per batch:
+#: "cold" as a process's first window at that batch (measurements cleared), then measured
+SPEED_MODES = ("exact", "accelerated", "speculative", "speculative-window", "speculative-auto")
+AUTO_COLD = "speculative-auto-cold"
 GOAL_SPEEDUP = 50.0
 GOAL_MRSTFT_RATIO = 1.15
 GOAL_KL = 0.2
@@ -228,6 +245,8 @@ def upsample_level(
     ``mode`` one of :data:`SPEED_MODES`."""
     given = {k: codes[k] for k in range(level + 1, fj.levels)}
     mode, _, draft = mode.partition("-")
+    if draft.startswith("auto"):  # speculative-auto[-cold]
+        draft, gamma = "auto", "auto"
     return fj.upsample(
         given,
         **names,
@@ -238,6 +257,14 @@ def upsample_level(
         levels=(level_name(level, fj.levels),),
         progress=False,
     )
+
+
+def timed_modes() -> list[str]:
+    """:data:`SPEED_MODES` as timed: ``speculative-auto`` cold first (:data:`AUTO_COLD`)."""
+    out = []
+    for mode in SPEED_MODES:
+        out += [AUTO_COLD, mode] if mode == "speculative-auto" else [mode]
+    return out
 
 
 def head(codes: list[torch.Tensor], part: int) -> list[torch.Tensor]:
@@ -263,10 +290,12 @@ def speed_section(
     seed: int,
     gamma: int | str | None,
     spec_fraction: int = 1,
+    repeats: int = 2,
 ) -> tuple[Table, Table, Table, dict[str, Any]]:
     """Tables (a), (b) and (b2). Speculative sampling at batch > 1 may run on the first
     ``1/spec_fraction`` of the span, its seconds scaled up by ``spec_fraction`` (marked in the
-    table; 1, the default, runs it all: the rows advance independently)."""
+    table; 1, the default, runs it all: the rows advance independently). Each mode runs
+    ``repeats`` times; the fastest run is reported (its counters too)."""
     vq = fj.jukebox.vqvae
     sr = fj.sample_rate
     seconds = audio.shape[-1] / sr
@@ -344,33 +373,41 @@ def speed_section(
             lv = level_of(name)
             n_ctx = fj.jukebox.priors[lv].cfg.n_ctx
             exact_s = None
-            for mode in SPEED_MODES:
+            for mode in timed_modes():
                 log.info("speed: %s level, batch %d, %s", name, b, mode)
                 part = spec_fraction if (mode.startswith("speculative") and b > 1) else 1
                 span = head(codes, part)
-                res = upsample_level(fj, span, lv, mode, names, seed, gamma)
-                st = res.stats[name]
+                runs = []
+                for _ in range(repeats):
+                    if mode == AUTO_COLD:
+                        clear_window_costs()
+                    runs.append(upsample_level(fj, span, lv, mode, names, seed, gamma).stats[name])
+                st = min(runs, key=lambda r: r.seconds)
                 secs = st.seconds * part
                 exact_s = secs if mode == "exact" else exact_s
                 ratio = exact_s / secs if secs > 0 else float("inf")
                 raw[f"{name}/{b}/{mode}"] = {**st.to_dict(), "scaled_seconds": secs, "part": part}
+                label = mode
+                if st.speculative is not None and st.speculative.exact_windows:
+                    sp = st.speculative
+                    label += f" ({sp.exact_windows}/{sp.windows} windows by the teacher alone)"
                 speed.add(
                     name,
                     b,
                     codes[lv].shape[1],
                     n_ctx,
-                    mode,
+                    label,
                     secs,
                     round(st.codes_per_second),
                     ratio,
                     st.student_passes if mode != "exact" else None,
                     "all" if part == 1 else f"1/{part}, seconds x{part}",
                 )
-                if st.speculative is not None:
+                if st.speculative is not None and st.speculative.rounds:
                     sp = st.speculative
                     alpha = sp.acceptance_rate
                     g_mean = mean_gamma(sp)
-                    label = f"{name}, {'window' if mode.endswith('window') else 'incremental'}"
+                    label = f"{name}, {mode.removeprefix('speculative-') if '-' in mode else 'incremental'}"
                     label += "" if part == 1 else f" (1/{part} of the span)"
                     spec.add(
                         label,
@@ -856,6 +893,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="speculative at batch > 1 runs on 1/N of the span (seconds scaled by N)",
     )
     p.add_argument(
+        "--repeats", type=int, default=2, help="(a): runs per mode and batch, the fastest kept"
+    )
+    p.add_argument(
         "--released",
         action="store_true",
         help="(e): speculative rounds at the released upsampler's shape (random weights)",
@@ -927,10 +967,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     speed, spec, cost, results["speed"] = speed_section(
-        fj, audio, clips, sorted({1, args.batch}), args.seed, args.gamma, args.spec_fraction
+        fj,
+        audio,
+        clips,
+        sorted({1, args.batch}),
+        args.seed,
+        args.gamma,
+        args.spec_fraction,
+        args.repeats,
     )
     speed.note = (
-        f"Wall seconds inside the level's sampler (decoding excluded), one run after a warm-up, "
+        f"Wall seconds inside the level's sampler (decoding excluded), the fastest of "
+        f"{args.repeats} runs after a warm-up; speculative-auto-cold: gamma auto's measurements "
+        "cleared before each run (a process's first window at that batch size is drafted, to "
+        "measure it), speculative-auto: measured already; "
         f"given the clips' true upper codes ({time.perf_counter() - t0:.0f} s for this table)."
     )
     song, results["song"] = song_section(fj, audio, clips, args.seed, args.gamma)
@@ -1033,10 +1083,16 @@ def goals_table(results: dict[str, Any]) -> Table:
                 f"{r['kl_per_token']:.3f} nats",
             )
     batches = sorted({int(k.split("/")[1]) for k in sp if k.endswith("/exact")})
+    variants = (
+        ("incremental", "speculative"),
+        ("window", "speculative-window"),
+        ("auto", "speculative-auto"),
+    )
     for name in UPSAMPLING:
         per = {
             draft: sp[f"{name}/1/{key}"].get("speculative", {})
-            for draft, key in (("incremental", "speculative"), ("window", "speculative-window"))
+            for draft, key in variants
+            if f"{name}/1/{key}" in sp
         }
         draft = max(per, key=lambda d: float(per[d].get("tokens_per_pass", 0.0)))
         st = per[draft]
@@ -1053,7 +1109,8 @@ def goals_table(results: dict[str, Any]) -> Table:
             ex_s = sp[f"{name}/{b}/exact"]["scaled_seconds"]
             xs = {
                 draft: ex_s / max(sp[f"{name}/{b}/{key}"]["scaled_seconds"], 1e-9)
-                for draft, key in (("incremental", "speculative"), ("window", "speculative-window"))
+                for draft, key in variants
+                if f"{name}/{b}/{key}" in sp
             }
             best = max(xs, key=xs.get)
             goal = "as fast as" if b == 1 else "not slower than"

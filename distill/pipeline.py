@@ -610,9 +610,10 @@ class FastJukebox:
             level_modes: per-level overrides (``"middle=exact,bottom=student"`` or a mapping);
                 required by ``hybrid``.
             gamma: speculative drafts per teacher pass, ``"auto"`` (measured while
-                sampling; the codes of a seed then depend on the timings, their
-                distribution does not), or None: 4 with incremental drafts, 6 with window
-                drafts (:func:`distill.speculative.default_gamma`).
+                sampling, and windows where drafting was measured slower left to the teacher
+                alone; the codes of a seed then depend on the timings, their distribution
+                does not), or None: 4 with incremental drafts, 6 with window drafts
+                (:func:`distill.speculative.default_gamma`).
             student_temperature: the students' temperature (one value or per level); 1.0
                 samples the distribution they were distilled to match.
             student_chunk_size: :class:`StudentSampler`'s memory chunking (None: one call).
@@ -697,6 +698,11 @@ class FastJukebox:
                     f", acceptance {sp.acceptance_rate:.3f}, "
                     f"{sp.tokens_per_pass:.2f} tokens per teacher pass"
                 )
+                if sp.exact_windows:
+                    spec += (
+                        f"; {sp.exact_windows} of {sp.windows} windows by the teacher alone "
+                        "(gamma auto measured drafting slower there)"
+                    )
             log.info(
                 "%s level (%s): %d codes in %.2f s (%.0f codes/s)%s",
                 name,

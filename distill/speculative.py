@@ -72,7 +72,15 @@ Cost of a round and γ: ``γ · c_draft + c_verify(γ+1) + c_accept`` for an exp
 ``(1 − α^{γ+1})/(1 − α)`` codes (:func:`expected_tokens_per_pass`); by default γ = 4 for
 incremental drafts and 6 for window drafts (free per round: only the verification grows with
 γ); ``gamma="auto"`` measures the costs and α while sampling and picks the γ that maximises
-codes per second (:func:`best_gamma`, :func:`verify_cost_model`).
+codes per second (:func:`best_gamma`, :func:`verify_cost_model`), γ = 0 (rounds without
+drafts) included. ``gamma="auto"`` also drafts only windows where drafting pays: it measures a
+speculative window at each batch size (seconds per code, the student's work included) and the
+teacher's exact step there (a probe of a few steps), and samples each later window the faster
+way — by the teacher alone, as exact mode does, where the student costs more than it saves (a
+batch of 16 on a CPU: a batched teacher step serves 16 rows for ~2 single-row steps while the
+student's work grows with every row). Like an autotuner's, the measurements are kept per
+process (:func:`window_costs`). Exactness is untouched: how a window is sampled is decided
+before it starts, from windows already finished.
 :attr:`SpeculativeStats.seconds` breaks the rounds' time down into draft, verify, accept and
 rewind.
 
@@ -103,7 +111,13 @@ from student.base import Student, gumbel_noise
 from teacher.config import ConfigError
 from teacher.device import DTYPES, native_bf16, resolve_dtype
 from teacher.generate.engine import START, engine_for
-from teacher.generate.sampler import LevelSampler, ProgressFn, WindowInputs, filter_logits
+from teacher.generate.sampler import (
+    LevelSampler,
+    ProgressFn,
+    WindowInputs,
+    filter_logits,
+    sample_window,
+)
 from teacher.prior.model import Prior
 
 log = logging.getLogger(__name__)
@@ -132,6 +146,10 @@ AUTO_START = (2, 6)
 AUTO_ROUNDS = 6
 #: rounds between two choices of γ
 AUTO_EVERY = 32
+#: ``gamma="auto"`` takes the shortest γ whose predicted rate is within this fraction of the best
+GAMMA_TIE = 0.03
+#: ``gamma="auto"``: exact steps timed (after a warm-up one) to compare with a speculative window
+PROBE_STEPS = 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,13 +624,60 @@ def verify_cost_model(measured: dict[int, tuple[float, int]]) -> Callable[[int],
 def best_gamma(
     alpha: float, draft_s: float, verify_s: Callable[[int], float], accept_s: float, limit: int
 ) -> int:
-    """The γ in ``1 … limit`` with the most codes per second: ``E[codes](α, γ) / (γ · draft +
-    verify(γ + 1) + accept)`` (``verify(n)``: seconds of a call of n queries)."""
+    """The γ in ``0 … limit`` with the most codes per second, ``E[codes](α, γ) / (γ · draft +
+    verify(γ + 1) + accept)`` (``verify(n)``: seconds of a call of n queries), or the shortest
+    within :data:`GAMMA_TIE` of it: the rates of long γ are extrapolations (α taken as the
+    same at every draft of a round, while it falls after the first rejection's history goes
+    stale) and a long round wastes more at a rejection. γ = 0 is a teacher step without drafts
+    (one code per call): what the rounds fall back to when drafting costs more than it
+    saves."""
 
     def rate(g: int) -> float:
         return expected_tokens_per_pass(alpha, g) / (g * draft_s + verify_s(g + 1) + accept_s)
 
-    return max(range(1, limit + 1), key=rate)
+    rates = [rate(g) for g in range(limit + 1)]
+    best = max(rates)
+    return next(g for g, r in enumerate(rates) if r >= (1.0 - GAMMA_TIE) * best)
+
+
+@dataclass
+class WindowCosts:
+    """What ``gamma="auto"`` measured at one batch size for one teacher / draft pair: seconds
+    per new code of a window, priming excluded (:func:`window_costs`).
+
+    Attributes:
+        speculative: the last speculative window, its student work included (the window
+            sample of window drafts, the queues primed of incremental ones).
+        exact: the last window the teacher sampled alone, or before any, a probe of its steps.
+    """
+
+    speculative: float | None = None
+    exact: float | None = None
+
+    def speculate(self) -> bool:
+        """Whether to draft the next window: until a speculative window was measured, yes (to
+        measure it); then if it was faster than exact. (Left to the teacher, a batch size stays
+        so for the process: :func:`clear_window_costs` measures again.)"""
+        if self.speculative is None or self.exact is None:
+            return True
+        return self.speculative < self.exact
+
+
+#: :class:`WindowCosts` per teacher, draft student and (draft kind, batch size): measured once
+#: per process and shape, as an autotuner caches its choices
+_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def window_costs(prior: Prior, student: Student, key: tuple) -> WindowCosts:
+    """The :class:`WindowCosts` of ``prior`` drafted by ``student`` at ``key`` (kept while both
+    modules live; :func:`clear_window_costs` forgets them)."""
+    per_student = _COSTS.setdefault(prior, weakref.WeakKeyDictionary())
+    return per_student.setdefault(student, {}).setdefault(key, WindowCosts())
+
+
+def clear_window_costs() -> None:
+    """Forget every measured :class:`WindowCosts` (tests; a machine whose load changed)."""
+    _COSTS.clear()
 
 
 @dataclass
@@ -620,7 +685,7 @@ class SpeculativeStats:
     """Counters of a :class:`SpeculativeSampler` (accumulated over windows; add two with +).
 
     Attributes:
-        windows: windows sampled.
+        windows: windows sampled (drafted or not).
         rounds: draft-verify rounds.
         teacher_passes: verification calls of the teacher (one multi-query call each, all rows).
         row_passes: rows served by those calls (finished rows not counted).
@@ -630,9 +695,14 @@ class SpeculativeStats:
         evaluated: drafts that reached the accept test (the rest came after a rejection).
         accepted: drafts accepted.
         proposal_passes: the student's network passes (a draft column counts one).
-        seconds: wall seconds of the rounds by part: draft, verify, accept, rewind (measured
-            with device syncs only when the sampler's ``profile`` is on, or for ``gamma="auto"``).
-        gammas: the γ of every round (``gamma="auto"`` picks them).
+        exact_windows: windows ``gamma="auto"`` left to the teacher alone (drafting them would
+            not pay: :class:`WindowCosts`); their codes are in ``exact_codes``, not ``tokens``.
+        exact_codes: codes of those windows, all rows.
+        seconds: wall seconds of the rounds by part: draft, verify, accept, rewind, and the
+            proposal's start per window (``proposal``: the student's window sample, or its
+            queues primed) (measured with device syncs only when the sampler's ``profile`` is
+            on, or for ``gamma="auto"``).
+        gammas: the γ of every round (``gamma="auto"`` picks them; 0: no drafts).
     """
 
     windows: int = 0
@@ -645,6 +715,8 @@ class SpeculativeStats:
     evaluated: int = 0
     accepted: int = 0
     proposal_passes: int = 0
+    exact_windows: int = 0
+    exact_codes: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     gammas: dict[int, int] = field(default_factory=dict)
 
@@ -794,10 +866,96 @@ class SpeculativeSampler(LevelSampler):
         if prefix.numel() and not bool(((prefix >= 0) & (prefix < cfg.l_bins)).all()):
             raise ValueError(f"prefix codes must be in [0, {cfg.l_bins})")
         with torch.inference_mode():
-            out = self._window(length, prefix, w.labels, w.upper, generator, progress)
+            costs = self.costs(prefix.shape[0]) if self.auto else None
+            if costs is not None and not self._drafts_pay(w, costs):
+                out = self._exact_window(w, generator, progress, costs)
+            else:
+                out = self._window(length, prefix, w.labels, w.upper, generator, progress, costs)
         return out.clone()  # a normal tensor again
 
-    def _window(self, length, prefix, labels, upper, generator, progress) -> Tensor:
+    # -- gamma="auto": whether a window is drafted at all ----------------------------------------
+
+    def costs(self, b: int) -> WindowCosts:
+        """The :class:`WindowCosts` ``gamma="auto"`` keeps for batches of ``b`` rows (shared by
+        every sampler of this teacher and draft student in the process)."""
+        key = getattr(self.proposal, "student", self.proposal)
+        return window_costs(self.prior, key, (self.draft, b))
+
+    def _drafts_pay(self, w: WindowInputs, costs: WindowCosts) -> bool:
+        """``gamma="auto"``: whether to draft this window (:meth:`WindowCosts.speculate`);
+        once a speculative window was measured at this batch size and exact was not, its steps
+        are probed first."""
+        if costs.speculative is not None and costs.exact is None:
+            costs.exact = self._probe_step(w)
+        return costs.speculate()
+
+    def _probe_step(self, w: WindowInputs) -> float:
+        """Seconds of one exact step of the teacher at this window's batch size: its engine
+        (left by the speculative window measured before) put at the middle of the window's new
+        codes, :data:`PROBE_STEPS` steps timed after a warm-up one. They only time (a step costs
+        the same whatever the cache holds); whatever samples the window begins the engine
+        again."""
+        b, t0 = w.prefix.shape
+        engine = engine_for(self.prior, b)
+        mid = engine.n_lyrics + (t0 + w.length) // 2
+        engine.rewind(min(mid, engine.n_ctx - PROBE_STEPS - 1))
+        engine.step()
+        t = _now(engine.device)
+        for _ in range(PROBE_STEPS):
+            engine.step()
+        return (_now(engine.device) - t) / PROBE_STEPS
+
+    def _exact_window(
+        self,
+        w: WindowInputs,
+        generator: torch.Generator | None,
+        progress: ProgressFn | None,
+        costs: WindowCosts,
+    ) -> Tensor:
+        """The window sampled by the teacher alone, as exact mode samples it
+        (:func:`~teacher.generate.sampler.sample_window`); its steps' time updates
+        ``costs.exact``."""
+        b, t0 = w.prefix.shape
+        device = next(self.prior.parameters()).device
+        stamps: list[float] = []
+
+        def tick(done: int, total: int) -> None:
+            if done == 1 or done == total:  # the steps' time, priming excluded
+                stamps.append(_now(device))
+            if progress is not None:
+                progress(done, total)
+
+        hook = None
+        if self.on_logits is not None:
+            on_logits = self.on_logits
+
+            def hook(t: int, z: Tensor) -> None:
+                for r in range(b):
+                    on_logits(r, t, z[r])
+
+        cond = self.prior.condition(w.labels, w.upper)
+        out = sample_window(
+            self.prior,
+            b,
+            cond,
+            w.length,
+            prefix=w.prefix if t0 else None,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            generator=generator,
+            progress=tick,
+            chunk_size=self.chunk_size,
+            on_logits=hook,
+        )
+        if len(stamps) == 2:
+            costs.exact = (stamps[1] - stamps[0]) / (w.length - t0 - 1)
+        self.stats.windows += 1
+        self.stats.exact_windows += 1
+        self.stats.exact_codes += b * (w.length - t0)
+        return out
+
+    def _window(self, length, prefix, labels, upper, generator, progress, costs) -> Tensor:
         prior, stats = self.prior, self.stats
         b, t0 = prefix.shape
         engine = engine_for(prior, b)
@@ -826,7 +984,10 @@ class SpeculativeSampler(LevelSampler):
         calls0, passes0 = engine.calls, self.proposal.passes
         engine.begin(cond, forced_t, self.chunk_size)
         stats.prime_passes += engine.calls - calls0
+        clock.start()
+        t_begin = clock.t if timed else 0.0
         self.proposal.begin(codes[:, :length], t0, labels, upper, generator)
+        clock.lap("proposal")
         # each row's input token for its next position (joint vocabulary)
         last = forced_t[:, -1].clone() if forced_t is not None else codes.new_full((b,), START)
         m = [t0] * b
@@ -904,6 +1065,8 @@ class SpeculativeSampler(LevelSampler):
                 progress(min(m) - t0, length - t0)
         stats.windows += 1
         stats.proposal_passes += self.proposal.passes - passes0
+        if costs is not None:
+            costs.speculative = (_now(device) - t_begin) / (length - t0)
         return codes[:, :length]
 
     def _accept_device(
@@ -1049,21 +1212,23 @@ class _Clock:
         self.t = 0.0
         self.last = 0.0
 
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
     def start(self) -> None:
         if self.timed:
-            self.t = self._now()
+            self.t = _now(self.device)
 
     def lap(self, part: str) -> None:
         if self.timed:
-            now = self._now()
+            now = _now(self.device)
             self.last = now - self.t
             self.into[part] = self.into.get(part, 0.0) + self.last
             self.t = now
+
+
+def _now(device: torch.device) -> float:
+    """``time.perf_counter()`` after the device's queued work (CUDA kernels are asynchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:

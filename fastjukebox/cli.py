@@ -221,7 +221,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         "--gamma",
         default=None,
         help="speculative drafts per teacher pass (default 4 with incremental drafts, 6 with "
-        "window drafts), or auto: chosen from the measured acceptance and costs",
+        "window drafts), or auto: chosen from the measured acceptance and costs, and windows "
+        "where drafting was measured slower sampled by the teacher alone",
     )
     p.add_argument(
         "--draft",

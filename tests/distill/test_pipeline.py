@@ -19,7 +19,7 @@ from distill.pipeline import (
     parse_students,
     resolve_level_modes,
 )
-from distill.speculative import SpeculativeSampler, student_sample
+from distill.speculative import SpeculativeSampler, clear_window_costs, student_sample
 from student.base import Student
 from student.config import tiny_student
 from teacher.config import ConfigError
@@ -198,6 +198,33 @@ def test_the_draft_precision_is_chosen_per_call_and_recorded(fj):
         assert out.stats["middle"].speculative.tokens == out.codes[1].numel()
     with pytest.raises(ConfigError, match="draft_dtype must be"):
         fj.upsample(top, draft_dtype="int8", mode="exact", levels=("middle",), progress=False)
+
+
+def test_gamma_auto_leaves_windows_to_the_teacher_across_calls(fj, tmp_path):
+    """``gamma="auto"``'s measurements outlive a call (per process and batch size): once drafting
+    was measured slower than the teacher's steps, a later call's windows are exact mode's own
+    draws, and labels.json counts them."""
+    top = {2: torch.randint(0, 32, (1, 4))}
+    kw = dict(seed=5, levels=("middle",), progress=False)
+    spec = dict(mode="speculative", gamma="auto", draft="window", **kw)
+    clear_window_costs()
+    first = fj.upsample(top, **spec)
+    sp = first.stats["middle"].speculative
+    assert sp.exact_windows == 0 and sp.tokens == first.codes[1].numel()
+    costs = SpeculativeSampler(fj.jukebox.priors[1], fj.students[1], "auto", draft="window").costs(
+        1
+    )
+    assert costs.speculative is not None
+    costs.speculative = 1e9  # drafting measured slower than any teacher step
+    second = fj.upsample(top, **spec)
+    sp = second.stats["middle"].speculative
+    assert sp.exact_windows == sp.windows >= 1 and sp.tokens == 0
+    assert sp.exact_codes == second.codes[1].numel()
+    assert torch.equal(second.codes[1], fj.upsample(top, mode="exact", **kw).codes[1])
+    second.save(tmp_path)
+    meta = json.loads((tmp_path / "labels.json").read_text())
+    assert meta["gamma"] == {"middle": "auto"}
+    assert meta["stats"]["middle"]["speculative"]["exact_windows"] == sp.windows
 
 
 def test_exact_mode_is_the_teachers_own_sampling(fj):

@@ -3,8 +3,9 @@ and against the teacher's exact joint, on a 4-code teacher and 3-code windows), 
 alone or in lockstep, and a broken accept rule is caught; a proposal equal to the teacher
 accepts everything; the engine is primed once per window and rewound per row across block
 boundaries with the teacher's logits unchanged; the measured tokens per pass follow
-(1 − α^{γ+1})/(1 − α); ``gamma="auto"`` explores then chooses; the students' local spans equal
-whole windows."""
+(1 − α^{γ+1})/(1 − α); ``gamma="auto"`` explores then chooses, and leaves to the teacher the
+windows where drafting was measured slower (exactly exact mode's draws); the students' local
+spans equal whole windows."""
 
 from __future__ import annotations
 
@@ -18,12 +19,16 @@ from scipy.stats import chi2_contingency, chisquare
 
 from distill.speculative import (
     DEFAULT_GAMMA,
+    DEFAULT_PRIME_CHUNK,
     DEFAULT_WINDOW_GAMMA,
+    GAMMA_TIE,
     CategoricalProposal,
     SpeculativeSampler,
+    WindowCosts,
     WindowProposal,
     best_gamma,
     choose_draft,
+    clear_window_costs,
     draft_student,
     draft_weight_ratio,
     expected_tokens_per_pass,
@@ -53,6 +58,7 @@ UPPER = torch.tensor([[2]])  # one upper code covers 4 positions >= L
 def _one_thread():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
+    clear_window_costs()  # gamma="auto"'s measurements: each test starts without any
     yield
     torch.set_num_threads(n)
 
@@ -481,12 +487,22 @@ def test_best_gamma_trades_acceptance_against_the_cost_of_a_round():
     def flat(n: int) -> float:  # a call costs the same whatever its queries (launch bound)
         return 1.0
 
+    def rate(alpha: float, draft: float, g: int) -> float:
+        return expected_tokens_per_pass(alpha, g) / (g * draft + flat(g + 1))
+
     # cheap drafts and a confident student: long rounds pay
     assert best_gamma(0.9, 0.01, flat, 0.0, 12) >= 8
-    # a poor student: one draft is already mostly wasted
-    assert best_gamma(0.1, 0.3, flat, 0.0, 12) == 1
-    # drafts as costly as a verification: no γ > 1 pays at α = 0.5
-    assert best_gamma(0.5, 1.0, flat, 0.0, 12) == 1
+    # one draft pays (1.5 codes for 1.4 calls), a second does not (1.75 for 1.8)
+    assert best_gamma(0.5, 0.4, flat, 0.0, 12) == 1
+    # a poor student, or drafts as costly as a verification: the teacher alone (γ = 0: one
+    # code a call) beats every round with drafts
+    assert best_gamma(0.1, 0.3, flat, 0.0, 12) == 0
+    assert best_gamma(0.5, 1.0, flat, 0.0, 12) == 0
+    # free drafts, α = 0.65: the predicted rate still grows to γ = 12, by 3% from γ = 8; the
+    # shortest γ within GAMMA_TIE of the best is taken
+    g = best_gamma(0.65, 0.0, flat, 0.0, 12)
+    best = max(rate(0.65, 0.0, k) for k in range(13))
+    assert g < 12 and rate(0.65, 0.0, g) >= (1 - GAMMA_TIE) * best > rate(0.65, 0.0, g - 1)
     # the predicted speedup is tokens per round over the round's cost in exact steps
     assert predicted_speedup(0.0, 3, 0.0, 1.0, 0.0, 1.0) == 1.0
     assert abs(predicted_speedup(0.8, 4, 0.1, 1.0, 0.0, 1.0) - 3.3616 / 1.4) < 1e-9
@@ -537,8 +553,65 @@ def test_auto_gamma_explores_then_chooses_and_stays_exact(long_prior):
         torch.testing.assert_close(z, want[r, t], atol=1e-4, rtol=1e-4)
     st = sp.stats
     assert st.gammas.get(2, 0) >= 6 and st.gammas.get(6, 0) >= 1  # (and clipped at the end)
-    assert set(st.seconds) == {"draft", "verify", "accept", "rewind"}
-    assert st.rounds > 12 and 1 <= sp.gamma <= 8
+    assert set(st.seconds) == {"proposal", "draft", "verify", "accept", "rewind"}
+    assert st.rounds > 12 and 0 <= sp.gamma <= 8
+
+
+def test_auto_leaves_to_the_teacher_the_windows_where_drafting_was_slower(long_prior):
+    """``gamma="auto"``: the first window at a batch size is drafted and measured; once the
+    teacher's step (probed) is faster per code, a window is sampled as exact mode samples it —
+    the same codes from the same generator, the teacher's logits reported — and faster drafting
+    brings the drafts back. Each batch size keeps its own measurements."""
+    seen = {}
+    sp = SpeculativeSampler(
+        long_prior,
+        proposal=UniformProposal(8),
+        gamma="auto",
+        on_logits=lambda r, t, z: seen.__setitem__((r, t), z.clone()),
+    )
+    b = 2
+    g = torch.Generator().manual_seed(5)
+    upper = torch.randint(8, (b, 8), generator=g)
+    prefix = torch.randint(8, (b, 5), generator=g)
+    costs = sp.costs(b)
+    assert costs == WindowCosts() and costs.speculate()  # nothing measured: draft, to measure
+    sp.sample_window(32, _empty(b), None, upper, g)
+    assert sp.stats.exact_windows == 0 and costs.speculative > 0 and costs.exact is None
+
+    costs.speculative = 1e9  # drafting measured slower than any teacher step
+    out = sp.sample_window(32, prefix, None, upper, torch.Generator().manual_seed(9))
+    exact = ExactSampler(long_prior, chunk_size=DEFAULT_PRIME_CHUNK)
+    want = exact.sample_window(32, prefix, None, upper, torch.Generator().manual_seed(9))
+    assert torch.equal(out, want) and not out.is_inference()  # a normal tensor, as drafted ones
+    st = sp.stats
+    assert (st.windows, st.exact_windows, st.exact_codes) == (2, 1, b * 27)
+    assert 0 < costs.exact < 1e9 and not costs.speculate()
+    with torch.no_grad():
+        logits = long_prior.logits(out, upper=upper)
+    for r, t in itertools.product(range(b), range(5, 32)):
+        torch.testing.assert_close(seen[r, t], logits[r, t], atol=1e-4, rtol=1e-4)
+
+    assert sp.costs(3) == WindowCosts() and sp.costs(b) is costs
+    costs.speculative = 0.0  # drafting measured faster: drafted again
+    sp.sample_window(32, _empty(b), None, upper, g)
+    assert (st.windows, st.exact_windows) == (3, 1) and costs.speculative > 0
+
+
+def test_auto_windows_drafted_or_not_keep_the_teachers_distribution(prior, students, exact_codes):
+    """4000 windows in batches of 500 under ``gamma="auto"``, every other batch left to the
+    teacher alone (the measurements set so) and γ chosen as measured (0 included)."""
+    sp = SpeculativeSampler(prior, students["categorical"], gamma="auto", draft="window")
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for i in range(8):
+        costs = sp.costs(500)
+        if i:
+            costs.speculative, costs.exact = (1.0, 0.5) if i % 2 else (0.5, 1.0)
+        rows.append(sp.sample_window(L, _empty(500), None, UPPER.expand(500, -1), g))
+    codes = torch.cat(rows)
+    p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
+    assert p_two > 0.01 and p_fit > 0.01, (p_two, p_fit)
+    assert sp.stats.exact_windows == 4 and sp.stats.tokens == 4 * 500 * L
 
 
 # ---------------------------------------------------------------------------------------------
