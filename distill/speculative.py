@@ -892,17 +892,18 @@ class SpeculativeSampler(LevelSampler):
     def _probe_step(self, w: WindowInputs) -> float:
         """Seconds of one exact step of the teacher at this window's batch size: its engine
         (left by the speculative window measured before) put at the middle of the window's new
-        codes, :data:`PROBE_STEPS` steps timed after a warm-up one. They only time (a step costs
-        the same whatever the cache holds); whatever samples the window begins the engine
-        again."""
+        codes, :data:`PROBE_STEPS` of exact mode's sample steps (a CUDA graph on CUDA) timed
+        after a warm-up one. They only time (a step costs the same whatever the cache and the
+        noise buffer hold); whatever samples the window begins the engine again."""
         b, t0 = w.prefix.shape
         engine = engine_for(self.prior, b)
         mid = engine.n_lyrics + (t0 + w.length) // 2
         engine.rewind(min(mid, engine.n_ctx - PROBE_STEPS - 1))
-        engine.step()
+        engine.set_noise(engine.noise[: PROBE_STEPS + 1].clone(), 1.0)  # its rows from the first
+        engine.sample_step()
         t = _now(engine.device)
         for _ in range(PROBE_STEPS):
-            engine.step()
+            engine.sample_step()
         return (_now(engine.device) - t) / PROBE_STEPS
 
     def _exact_window(
