@@ -295,7 +295,7 @@ def speed_section(
     """Tables (a), (b) and (b2). Speculative sampling at batch > 1 may run on the first
     ``1/spec_fraction`` of the span, its seconds scaled up by ``spec_fraction`` (marked in the
     table; 1, the default, runs it all: the rows advance independently). Each mode runs
-    ``repeats`` times; the fastest run is reported (its counters too)."""
+    ``repeats`` times, the modes interleaved; the fastest run is reported (its counters too)."""
     vq = fj.jukebox.vqvae
     sr = fj.sample_rate
     seconds = audio.shape[-1] / sr
@@ -373,16 +373,22 @@ def speed_section(
             lv = level_of(name)
             n_ctx = fj.jukebox.priors[lv].cfg.n_ctx
             exact_s = None
-            for mode in timed_modes():
-                log.info("speed: %s level, batch %d, %s", name, b, mode)
-                part = spec_fraction if (mode.startswith("speculative") and b > 1) else 1
-                span = head(codes, part)
-                runs = []
-                for _ in range(repeats):
+            parts_of = {
+                m: spec_fraction if (m.startswith("speculative") and b > 1) else 1
+                for m in timed_modes()
+            }
+            runs: dict[str, list[Any]] = {m: [] for m in timed_modes()}
+            for _ in range(repeats):  # interleaved: every mode meets the same conditions
+                for mode in timed_modes():
+                    log.info("speed: %s level, batch %d, %s", name, b, mode)
                     if mode == AUTO_COLD:
                         clear_window_costs()
-                    runs.append(upsample_level(fj, span, lv, mode, names, seed, gamma).stats[name])
-                st = min(runs, key=lambda r: r.seconds)
+                    span = head(codes, parts_of[mode])
+                    res = upsample_level(fj, span, lv, mode, names, seed, gamma)
+                    runs[mode].append(res.stats[name])
+            for mode in timed_modes():
+                part = parts_of[mode]
+                st = min(runs[mode], key=lambda r: r.seconds)
                 secs = st.seconds * part
                 exact_s = secs if mode == "exact" else exact_s
                 ratio = exact_s / secs if secs > 0 else float("inf")
@@ -470,23 +476,37 @@ def song_section(
         ["mode", "middle s", "bottom s", "total s", "x exact", "acceptance", "codes/pass"],
         note="The bottom level conditions on the middle codes the mode just sampled; the "
         "bottom student was distilled on real middle codes, so its acceptance here is lower "
-        "than in (b). Acceptance and codes per teacher pass: middle / bottom.",
+        "than in (b). Acceptance and codes per teacher pass: middle / bottom (of the drafted "
+        "windows). gamma auto: each window drafted or left to the teacher alone as measured "
+        "so far in the process.",
     )
     raw: dict[str, Any] = {}
     exact_total = None
-    for mode in ("exact", "speculative"):
-        for _ in range(2):  # the first run warms up
+    for key in ("exact", "speculative", "speculative-auto"):
+        mode, _, auto = key.partition("-")
+        for _ in range(2):  # the first run warms up (and measures, for gamma auto)
             res = fj.upsample(
-                {top: codes[top]}, **names, mode=mode, gamma=gamma, seed=seed, progress=False
+                {top: codes[top]},
+                **names,
+                mode=mode,
+                gamma="auto" if auto else gamma,
+                seed=seed,
+                progress=False,
             )
         secs = {n: res.stats[n].seconds for n in UPSAMPLING}
         total = sum(secs.values())
         exact_total = total if mode == "exact" else exact_total
         sp = {n: res.stats[n].speculative for n in UPSAMPLING}
-        raw[mode] = {"seconds": secs, "total": total}
         spec = mode == "speculative"
+        label = mode
+        if spec:
+            label = f"speculative{', gamma auto' if auto else ''} "
+            label += f"({' / '.join(res.info['draft'].values())} drafts)"
+            alone = [f"{sp[n].exact_windows}/{sp[n].windows}" for n in UPSAMPLING]
+            label += f", windows by the teacher alone {' / '.join(alone)}" if auto else ""
+        raw[key] = {"seconds": secs, "total": total}
         table.add(
-            mode if not spec else f"speculative ({' / '.join(res.info['draft'].values())} drafts)",
+            label,
             secs["middle"],
             secs["bottom"],
             total,
@@ -495,7 +515,7 @@ def song_section(
             " / ".join(f"{sp[n].tokens_per_pass:.2f}" for n in UPSAMPLING) if spec else None,
         )
         if spec:
-            raw[mode]["stats"] = {n: sp[n].to_dict() for n in UPSAMPLING}
+            raw[key]["stats"] = {n: sp[n].to_dict() for n in UPSAMPLING}
     return table, raw
 
 
