@@ -534,16 +534,23 @@ def test_the_ideal_speedup_bounds_every_round_of_a_given_draft_cost():
         assert predicted_speedup(0.7, g, 0.3, 1.2, 0.1, 1.0) < ideal_speedup(0.7, 0.3)
 
 
-def test_auto_gamma_explores_then_chooses_and_stays_exact(long_prior):
-    """``gamma="auto"``: γ = 2 then 6 for six rounds each, then the measured best in 1 … 8 (the
-    prior's block); the teacher's logits of every code are still exact."""
+def _auto_sampler_recording_logits(prior: Prior) -> tuple[SpeculativeSampler, dict]:
+    """A ``gamma="auto"`` sampler with uniform drafts, and the teacher's logits it reports
+    per (row, position)."""
     seen = {}
     sp = SpeculativeSampler(
-        long_prior,
+        prior,
         proposal=UniformProposal(8),
         gamma="auto",
         on_logits=lambda r, t, z: seen.__setitem__((r, t), z.clone()),
     )
+    return sp, seen
+
+
+def test_auto_gamma_explores_then_chooses_and_stays_exact(long_prior):
+    """``gamma="auto"``: γ = 2 then 6 for six rounds each, then the measured best in 0 … 8 (the
+    prior's block); the teacher's logits of every code are still exact."""
+    sp, seen = _auto_sampler_recording_logits(long_prior)
     g = torch.Generator().manual_seed(5)
     upper = torch.randint(8, (2, 8), generator=g)
     out = sp.sample_window(32, _empty(2), None, upper, g)
@@ -562,13 +569,7 @@ def test_auto_leaves_to_the_teacher_the_windows_where_drafting_was_slower(long_p
     teacher's step (probed) is faster per code, a window is sampled as exact mode samples it —
     the same codes from the same generator, the teacher's logits reported — and faster drafting
     brings the drafts back. Each batch size keeps its own measurements."""
-    seen = {}
-    sp = SpeculativeSampler(
-        long_prior,
-        proposal=UniformProposal(8),
-        gamma="auto",
-        on_logits=lambda r, t, z: seen.__setitem__((r, t), z.clone()),
-    )
+    sp, seen = _auto_sampler_recording_logits(long_prior)
     b = 2
     g = torch.Generator().manual_seed(5)
     upper = torch.randint(8, (b, 8), generator=g)
