@@ -51,45 +51,47 @@ Measured here (2 vCPU Xeon with AMX, torch 2.13.0+cpu, 2 threads, quiet; the SHI
 models (``fastjukebox demo``'s folder, ``eval/demo/pretrained/MODEL_CARD.md``; the middle student
 at 13500 steps), 16 kHz; 4 held-out clips of 4.10 s = 2048 middle / 8192 bottom codes; teacher
 windows of 2048 codes; students K = 4; speculative gamma = the draft's default (4 incremental,
-6 window); (a) the fastest of 2 runs; 5.8 min with ``--only_speed``)::
+6 window); (a) the fastest of 2 interleaved runs; 6.4 min with ``--only_speed --released``;
+one run shown, the ranges over three such runs in the README)::
 
     (a) s (x exact)  B=1: middle    bottom         B=16: middle    bottom
-        exact             0.69           2.71                1.29            5.65
-        accelerated       0.10 (7.3x)    0.43 (6.4x)         2.22 (0.58x)    10.6 (0.53x)
-        spec. incremental 1.65 (0.42x)   5.39 (0.50x)        6.81 (0.19x)    21.5 (0.26x)
-        spec. window      0.61 (1.14x)   2.14 (1.26x)        4.25 (0.30x)    13.9 (0.41x)
-        spec. auto, cold  0.60 (1.15x)   2.12 (1.28x)        3.89 (0.33x)    7.89 (0.72x)
-        spec. auto        0.62 (1.12x)   2.12 (1.28x)        1.26 (1.03x)    5.77 (0.98x)
+        exact             0.60           2.40                1.22            5.57
+        accelerated       0.10 (6.2x)    0.38 (6.4x)         2.04 (0.60x)    9.69 (0.58x)
+        spec. incremental 1.58 (0.38x)   5.00 (0.48x)        6.26 (0.20x)    20.1 (0.28x)
+        spec. window      0.55 (1.08x)   2.01 (1.20x)        4.34 (0.28x)    12.7 (0.44x)
+        spec. auto, cold  0.55 (1.09x)   1.93 (1.25x)        3.89 (0.32x)    7.05 (0.79x)
+        spec. auto        0.54 (1.12x)   1.90 (1.27x)        1.18 (1.04x)    5.46 (1.02x)
         (auto: gamma="auto"; cold = a process's first window at the batch size, drafted to
         measure it; then at batch 16 every window is left to the teacher alone -- exact mode's
-        own path, equal to it within timing noise: alternating runs 0.99x-1.01x)
+        own path: 0.99x-1.04x / 0.98x-1.02x over three runs, exact's own runs differing by 1-4%)
     (a2) one clip's both levels from its true top codes (the bottom reads SAMPLED middle codes):
-        exact 3.32-3.47 s, speculative (window drafts) 0.91x-1.03x over runs: the bottom
-        student's acceptance falls from 0.76 to 0.63 on sampled middle codes (distilled on real
-        ones)
+        speculative (window drafts) 0.91x-1.03x of exact over runs: the bottom student's
+        acceptance falls from 0.76 to 0.63 on sampled middle codes (distilled on real ones);
+        gamma auto then leaves the bottom's windows to the teacher alone (0.97x, 1.03x in two
+        runs)
     (b) acceptance, batch 1: incremental 0.69 / 0.82 (middle / bottom) -> 2.71 / 3.47 codes per
-        teacher pass per row (gamma 4); window 0.67 / 0.76 -> 2.74 / 3.37 (gamma 6); auto 0.66 /
-        0.77 -> 2.85 / 3.63 (gamma ~7 on average)
-    (b2) per round, batch 1: exact step 0.33 ms; incremental: draft 0.34 ms/code (1.0 exact
+        teacher pass per row (gamma 4); window 0.67 / 0.76 -> 2.74 / 3.37 (gamma 6); auto 0.68 /
+        0.77 -> 2.90 / 3.86 (gamma 6.1 / 8.2 on average)
+    (b2) per round, batch 1: exact step 0.29 ms; incremental: draft 0.33 ms/code (1.1 exact
         steps: the demo student's final stage reads 2.5x the weights of a teacher step), verify
-        0.62 ms, accept 0.13 ms -> a round of gamma 4 costs 6.3-6.5 steps, and even an ideal
-        round (verify = one step, accept free) would give 0.84x / 0.89x ("bound"); window: a
-        draft reads a view (1.4 us), verify 0.56-0.58 ms, accept 0.11 ms (on the host) -> a
-        round of gamma 6 costs 2.1 steps for 2.7-3.4 codes (predicted 1.33x / 1.67x from the
-        rounds alone), measured 1.14x / 1.26x with the student's bf16 sample per window
+        0.58-0.60 ms, accept 0.12 ms -> a round of gamma 4 costs 6.8-7.0 steps, and even an
+        ideal round (verify = one step, accept free) would give 0.80x / 0.87x ("bound");
+        window: a draft reads a view (1.4 us), verify 0.53 ms, accept 0.10 ms (on the host) ->
+        a round of gamma 6 costs 2.2 steps for 2.7-3.4 codes (predicted 1.26x / 1.58x from the
+        rounds alone), measured 1.08x / 1.20x with the student's bf16 sample per window
     (c) given the TRUE upper codes: MR-STFT x the teacher's 0.98 / 0.97; KL 0.174 / 0.103 nats;
         pitch agreement with the clips' audio: real codes 0.81 / 0.86, teacher 0.70 / 0.80,
         student 0.71 / 0.80, random codes 0.00 / 0.00
     (e) released upsampler shape on the CPU (random weights, bf16, 24-code window, the demo
         student's architecture at the released geometry): exact step 188 ms, draft 1.3 ms/code,
-        verify 185 ms/round, round / step 1.01 -> 2.70x projected at the middle's acceptance
-        0.69 (3.4x at the bottom's 0.82).
-    GOALS: accelerated >= 50x at batch 1: NOT MET (6.5x); MR-STFT within 1.15x: MET (0.98x,
+        verify 185-189 ms/round, round / step 0.96-1.03 -> 2.65x-2.83x projected at the
+        middle's acceptance 0.69 (3.4x at the bottom's 0.82).
+    GOALS: accelerated >= 50x at batch 1: NOT MET (6.3x); MR-STFT within 1.15x: MET (0.98x,
         0.97x); KL < 0.2: MET (0.174, 0.103); speculative >= 3 codes per pass: bottom MET
-        (3.63 auto), middle NOT MET (2.85 auto); speculative as fast as exact (B=1): MET (1.14x /
-        1.28x); not slower at B=16: middle MET (1.03x, auto), bottom NOT MET by timing noise
-        (0.98x: the teacher alone on 7/7 windows); released round within 1.3x of a step: MET
-        (1.01x); >= 2.5x projected: MET (2.70x)
+        (3.86 auto), middle NOT MET (2.90 auto); speculative as fast as exact (B=1): MET (1.12x
+        / 1.27x); not slower at B=16: MET (1.04x / 1.02x with gamma auto: the teacher alone on
+        every window after the first, equal to exact within exact's own run-to-run spread);
+        released round within 1.3x of a step: MET (0.96x); >= 2.5x projected: MET (2.83x)
 
 What made window drafts pay at batch 1 (they ran at 0.85x / 0.89x before): the students' stacks
 run as matrix products without autograd (``CausalStack.infer``: a window sample 130 -> 85 ms),
