@@ -82,7 +82,7 @@ student's work grows with every row). Like an autotuner's, the measurements are 
 process (:func:`window_costs`). Exactness is untouched: how a window is sampled is decided
 before it starts, from windows already finished.
 :attr:`SpeculativeStats.seconds` breaks the rounds' time down into draft, verify, accept and
-rewind.
+rewind, beside the proposal's start per window (the student's window sample).
 
 Precision of the drafts: the student may draft in another dtype than it was loaded in
 (``draft_dtype``, :func:`resolve_draft_dtype`): by default bf16 where native bf16 products pay
