@@ -73,14 +73,19 @@ Cost of a round and γ: ``γ · c_draft + c_verify(γ+1) + c_accept`` for an exp
 incremental drafts and 6 for window drafts (free per round: only the verification grows with
 γ); ``gamma="auto"`` measures the costs and α while sampling and picks the γ that maximises
 codes per second (:func:`best_gamma`, :func:`verify_cost_model`), γ = 0 (rounds without
-drafts) included. ``gamma="auto"`` also drafts only windows where drafting pays: it measures a
-speculative window at each batch size (seconds per code, the student's work included) and the
-teacher's exact step there (a probe of a few steps), and samples each later window the faster
-way — by the teacher alone, as exact mode does, where the student costs more than it saves (a
-batch of 16 on a CPU: a batched teacher step serves 16 rows for ~2 single-row steps while the
-student's work grows with every row). Like an autotuner's, the measurements are kept per
-process (:func:`window_costs`). Exactness is untouched: how a window is sampled is decided
-before it starts, from windows already finished.
+drafts) included. ``gamma="auto"`` also drafts only where drafting pays: it probes the
+teacher's exact step at each batch size (a few steps), measures a speculative window there
+(seconds per code, the student's work included), and samples each later window the faster way
+— by the teacher alone, as exact mode does, where the student costs more than it saves (a batch
+of 16 on a CPU: a batched teacher step serves 16 rows for ~2 single-row steps while the
+student's work grows with every row). Within a drafted window, once its rounds are measured
+slower than the teacher's steps (after the exploration, then every :data:`AUTO_EVERY` rounds),
+the rows behind take single teacher steps up to the front row's position while the rows there
+wait (their draws discarded, which was decided before they were drawn), and the teacher
+finishes the window alone from that common position. Like an autotuner's, the measurements are
+kept per process (:func:`window_costs`). Exactness is untouched: every switch is decided from
+what was already measured, nothing kept is redrawn, and the teacher's continuation draws from
+p given the kept prefix.
 :attr:`SpeculativeStats.seconds` breaks the rounds' time down into draft, verify, accept and
 rewind, beside the proposal's start per window (the student's window sample).
 
@@ -150,6 +155,10 @@ AUTO_EVERY = 32
 GAMMA_TIE = 0.03
 #: ``gamma="auto"``: exact steps timed (after a warm-up one) to compare with a speculative window
 PROBE_STEPS = 4
+#: ``gamma="auto"`` finishes a window by the teacher alone when its rounds made codes this much
+#: more slowly than exact steps would (a margin: the exploration's short rounds are the slowest,
+#: and a needless switch costs what drafting saves)
+FINISH_MARGIN = 1.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -697,7 +706,8 @@ class SpeculativeStats:
         proposal_passes: the student's network passes (a draft column counts one).
         exact_windows: windows ``gamma="auto"`` left to the teacher alone (drafting them would
             not pay: :class:`WindowCosts`); their codes are in ``exact_codes``, not ``tokens``.
-        exact_codes: codes of those windows, all rows.
+        exact_codes: codes the teacher sampled alone, all rows: those windows', and the rest of
+            drafted windows whose rounds ``gamma="auto"`` measured slower than its steps.
         seconds: wall seconds of the rounds by part: draft, verify, accept, rewind, and the
             proposal's start per window (``proposal``: the student's window sample, or its
             queues primed) (measured with device syncs only when the sampler's ``profile`` is
@@ -882,17 +892,16 @@ class SpeculativeSampler(LevelSampler):
         return window_costs(self.prior, key, (self.draft, b))
 
     def _drafts_pay(self, w: WindowInputs, costs: WindowCosts) -> bool:
-        """``gamma="auto"``: whether to draft this window (:meth:`WindowCosts.speculate`);
-        once a speculative window was measured at this batch size and exact was not, its steps
-        are probed first."""
-        if costs.speculative is not None and costs.exact is None:
+        """``gamma="auto"``: whether to draft this window (:meth:`WindowCosts.speculate`); the
+        teacher's exact step is probed first at a new batch size (the rounds are compared with
+        it too)."""
+        if costs.exact is None:
             costs.exact = self._probe_step(w)
         return costs.speculate()
 
     def _probe_step(self, w: WindowInputs) -> float:
         """Seconds of one exact step of the teacher at this window's batch size: its engine
-        (left by the speculative window measured before) put at the middle of the window's new
-        codes, :data:`PROBE_STEPS` of exact mode's sample steps (a CUDA graph on CUDA) timed
+        put at the middle of the window's new codes, :data:`PROBE_STEPS` of exact mode's sample steps (a CUDA graph on CUDA) timed
         after a warm-up one. They only time (a step costs the same whatever the cache and the
         noise buffer hold); whatever samples the window begins the engine again."""
         b, t0 = w.prefix.shape
@@ -912,10 +921,11 @@ class SpeculativeSampler(LevelSampler):
         generator: torch.Generator | None,
         progress: ProgressFn | None,
         costs: WindowCosts,
+        whole: bool = True,
     ) -> Tensor:
         """The window sampled by the teacher alone, as exact mode samples it
-        (:func:`~teacher.generate.sampler.sample_window`); its steps' time updates
-        ``costs.exact``."""
+        (:func:`~teacher.generate.sampler.sample_window`; ``whole=False``: the rest of a drafted
+        window, from a position every row reached); its steps' time updates ``costs.exact``."""
         b, t0 = w.prefix.shape
         device = next(self.prior.parameters()).device
         stamps: list[float] = []
@@ -951,8 +961,8 @@ class SpeculativeSampler(LevelSampler):
         )
         if len(stamps) == 2:
             costs.exact = (stamps[1] - stamps[0]) / (w.length - t0 - 1)
-        self.stats.windows += 1
-        self.stats.exact_windows += 1
+        self.stats.windows += whole
+        self.stats.exact_windows += whole
         self.stats.exact_codes += b * (w.length - t0)
         return out
 
@@ -989,6 +999,11 @@ class SpeculativeSampler(LevelSampler):
         t_begin = clock.t if timed else 0.0
         self.proposal.begin(codes[:, :length], t0, labels, upper, generator)
         clock.lap("proposal")
+        t_rounds, rounds_here = clock.t, 0
+        # gamma="auto", once this window's rounds are measured slower than exact steps: the
+        # position every row is brought to (rows behind step alone, rows there wait), from
+        # which the teacher finishes the window alone
+        finish_at: int | None = None
         # each row's input token for its next position (joint vocabulary)
         last = forced_t[:, -1].clone() if forced_t is not None else codes.new_full((b,), START)
         m = [t0] * b
@@ -1002,7 +1017,15 @@ class SpeculativeSampler(LevelSampler):
         while min(m) < length:
             live = [x < length for x in m]
             n_live = sum(live)
-            g = min(self._gamma(limit), max(length - x - 1 for x in m if x < length))
+            if finish_at is None and costs is not None and max(m) < length:
+                if self._rounds_lose(costs, rounds_here, t_rounds, m, t0, device):
+                    finish_at = max(m)
+            if finish_at is not None:
+                if min(m) == finish_at:
+                    break
+                g = 0  # the rows behind take one teacher step each
+            else:
+                g = min(self._gamma(limit), max(length - x - 1 for x in m if x < length))
             clock.start()
             if g:
                 drafts, q = self.proposal.draft(codes, m, g, generator)
@@ -1031,6 +1054,11 @@ class SpeculativeSampler(LevelSampler):
             if not host:
                 m_list = m_new.tolist()  # the round's one host sync
                 a_list = a.tolist()
+            if finish_at is not None:  # rows already there wait: their draw (known to be
+                # discarded before it was drawn) is overwritten when the teacher finishes
+                m_list = [x if x == finish_at else y for x, y in zip(m, m_list)]
+                if not host:
+                    m_new = torch.tensor(m_list, device=device)
             # finished rows go to position 0: their (discarded) queries stay inside the window
             target = [n_lyr + x if x < length else 0 for x in m_list]
             if all(x == target[0] for x in target):
@@ -1062,13 +1090,39 @@ class SpeculativeSampler(LevelSampler):
                     stats.evaluated += min(a_list[r] + 1, g, made)
                     stats.accepted += min(a_list[r], made)
             m = m_list
+            rounds_here += 1
             if progress is not None:
                 progress(min(m) - t0, length - t0)
         stats.windows += 1
         stats.proposal_passes += self.proposal.passes - passes0
         if costs is not None:
-            costs.speculative = (_now(device) - t_begin) / (length - t0)
+            costs.speculative = (_now(device) - t_begin) / (min(m) - t0)
+        if finish_at is not None and finish_at < length:
+            shown = None
+            if progress is not None:
+                shown = lambda done, total: progress(finish_at - t0 + done, length - t0)  # noqa: E731
+            rest = WindowInputs(length, codes[:, :finish_at], labels, upper)
+            codes[:, :length] = self._exact_window(rest, generator, shown, costs, whole=False)
         return codes[:, :length]
+
+    def _rounds_lose(
+        self,
+        costs: WindowCosts,
+        rounds: int,
+        since: float,
+        m: list[int],
+        t0: int,
+        device: torch.device,
+    ) -> bool:
+        """``gamma="auto"``: whether this window's rounds so far (``rounds`` of them since the
+        clock read ``since``, the rows now at ``m``) made codes more slowly than the teacher's
+        exact steps (``costs.exact``) by more than :data:`FINISH_MARGIN`, judged after the
+        exploration and then every :data:`AUTO_EVERY` rounds."""
+        first = len(AUTO_START) * AUTO_ROUNDS
+        if costs.exact is None or rounds < first or (rounds - first) % AUTO_EVERY:
+            return False
+        made = sum(m) / len(m) - t0  # codes per row
+        return made * costs.exact * FINISH_MARGIN < _now(device) - since
 
     def _accept_device(
         self,

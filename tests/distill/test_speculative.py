@@ -17,6 +17,7 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 
+from distill import speculative
 from distill.speculative import (
     DEFAULT_GAMMA,
     DEFAULT_PRIME_CHUNK,
@@ -565,10 +566,11 @@ def test_auto_gamma_explores_then_chooses_and_stays_exact(long_prior):
 
 
 def test_auto_leaves_to_the_teacher_the_windows_where_drafting_was_slower(long_prior):
-    """``gamma="auto"``: the first window at a batch size is drafted and measured; once the
-    teacher's step (probed) is faster per code, a window is sampled as exact mode samples it —
-    the same codes from the same generator, the teacher's logits reported — and faster drafting
-    brings the drafts back. Each batch size keeps its own measurements."""
+    """``gamma="auto"``: the teacher's step is probed and the first window at a batch size is
+    drafted and measured; once the teacher's steps are faster per code, a window is sampled as
+    exact mode samples it — the same codes from the same generator, the teacher's logits
+    reported — and faster drafting brings the drafts back. Each batch size keeps its own
+    measurements."""
     sp, seen = _auto_sampler_recording_logits(long_prior)
     b = 2
     g = torch.Generator().manual_seed(5)
@@ -577,16 +579,17 @@ def test_auto_leaves_to_the_teacher_the_windows_where_drafting_was_slower(long_p
     costs = sp.costs(b)
     assert costs == WindowCosts() and costs.speculate()  # nothing measured: draft, to measure
     sp.sample_window(32, _empty(b), None, upper, g)
-    assert sp.stats.exact_windows == 0 and costs.speculative > 0 and costs.exact is None
+    assert sp.stats.exact_windows == 0 and costs.speculative > 0 and costs.exact > 0
 
-    costs.speculative = 1e9  # drafting measured slower than any teacher step
+    costs.speculative = 2 * costs.exact  # drafting measured slower than the teacher's steps
+    codes0 = sp.stats.exact_codes  # (the rounds may have lost to the probe: module docs)
     out = sp.sample_window(32, prefix, None, upper, torch.Generator().manual_seed(9))
     exact = ExactSampler(long_prior, chunk_size=DEFAULT_PRIME_CHUNK)
     want = exact.sample_window(32, prefix, None, upper, torch.Generator().manual_seed(9))
     assert torch.equal(out, want) and not out.is_inference()  # a normal tensor, as drafted ones
     st = sp.stats
-    assert (st.windows, st.exact_windows, st.exact_codes) == (2, 1, b * 27)
-    assert 0 < costs.exact < 1e9 and not costs.speculate()
+    assert (st.windows, st.exact_windows, st.exact_codes - codes0) == (2, 1, b * 27)
+    assert costs.exact > 0 and not costs.speculate()
     with torch.no_grad():
         logits = long_prior.logits(out, upper=upper)
     for r, t in itertools.product(range(b), range(5, 32)):
@@ -596,6 +599,53 @@ def test_auto_leaves_to_the_teacher_the_windows_where_drafting_was_slower(long_p
     costs.speculative = 0.0  # drafting measured faster: drafted again
     sp.sample_window(32, _empty(b), None, upper, g)
     assert (st.windows, st.exact_windows) == (3, 1) and costs.speculative > 0
+
+
+def test_auto_finishes_a_window_exactly_once_its_rounds_lose(long_prior):
+    """``gamma="auto"``: once a window's rounds are measured slower than the teacher's steps,
+    the rows behind step alone to the front row's position (the rows there wait, their draws
+    discarded), then the teacher finishes the window alone; every code's logits are still the
+    teacher's, and every code is counted once."""
+    sp, seen = _auto_sampler_recording_logits(long_prior)
+    b, length = 3, 32
+    costs = sp.costs(b)
+    costs.exact = 1e-12  # the teacher's steps measured (nearly) free: the rounds lose
+    g = torch.Generator().manual_seed(2)
+    upper = torch.randint(8, (b, 8), generator=g)
+    out = sp.sample_window(length, _empty(b), None, upper, g)
+    st = sp.stats
+    first = 2 * 6  # the exploration's rounds (AUTO_START, AUTO_ROUNDS)
+    assert st.exact_windows == 0 and st.windows == 1
+    assert first <= st.rounds and 0 < st.exact_codes < b * length
+    assert st.tokens + st.exact_codes == b * length  # each code made once, all rows
+    assert st.gammas.get(0, 0) >= 1 or st.tokens % b == 0  # rows behind caught up alone
+    with torch.no_grad():
+        logits = long_prior.logits(out, upper=upper)
+    for r, t in itertools.product(range(b), range(length)):
+        torch.testing.assert_close(seen[r, t], logits[r, t], atol=1e-4, rtol=1e-4)
+
+
+def test_auto_windows_finished_exactly_keep_the_teachers_distribution(
+    prior, students, exact_codes, monkeypatch
+):
+    """4000 windows of 4 codes (their first 3 tested: the same joint) in batches of 500, each
+    judged after one round of γ = 1: the rows brought to the front row's position (the rows
+    behind step alone), then the teacher finishes alone."""
+    monkeypatch.setattr(speculative, "AUTO_START", (1,))
+    monkeypatch.setattr(speculative, "AUTO_ROUNDS", 1)
+    sp = SpeculativeSampler(prior, students["categorical"], gamma="auto", draft="window")
+    g = torch.Generator().manual_seed(4)
+    rows = []
+    for _ in range(8):
+        costs = sp.costs(500)
+        costs.exact, costs.speculative = 1e-12, None  # draft, then lose to the teacher
+        rows.append(sp.sample_window(L + 1, _empty(500), None, UPPER.expand(500, -1), g))
+    codes = torch.cat(rows)[:, :L]
+    p_two, p_fit = _two_sample_p(exact_codes, codes), _goodness_p(codes, _joint(prior))
+    assert p_two > 0.01 and p_fit > 0.01, (p_two, p_fit)
+    st = sp.stats
+    assert st.rounds > 8 and st.gammas.get(0, 0) >= 8 and st.exact_windows == 0
+    assert st.tokens + st.exact_codes == 4000 * (L + 1)
 
 
 def test_auto_windows_drafted_or_not_keep_the_teachers_distribution(prior, students, exact_codes):
