@@ -55,30 +55,31 @@ windows of 2048 codes; students K = 4; speculative gamma = the draft's default (
 one run shown, the ranges over three such runs in the README)::
 
     (a) s (x exact)  B=1: middle    bottom         B=16: middle    bottom
-        exact             0.60           2.40                1.22            5.57
-        accelerated       0.10 (6.2x)    0.38 (6.4x)         2.04 (0.60x)    9.69 (0.58x)
-        spec. incremental 1.58 (0.38x)   5.00 (0.48x)        6.26 (0.20x)    20.1 (0.28x)
-        spec. window      0.55 (1.08x)   2.01 (1.20x)        4.34 (0.28x)    12.7 (0.44x)
-        spec. auto, cold  0.55 (1.09x)   1.93 (1.25x)        3.89 (0.32x)    7.05 (0.79x)
-        spec. auto        0.54 (1.12x)   1.90 (1.27x)        1.18 (1.04x)    5.46 (1.02x)
+        exact             0.66           2.61                1.27            5.60
+        accelerated       0.10 (6.6x)    0.39 (6.8x)         2.35 (0.54x)    10.3 (0.54x)
+        spec. incremental 1.64 (0.40x)   5.28 (0.49x)        6.48 (0.20x)    20.6 (0.27x)
+        spec. window      0.60 (1.09x)   2.16 (1.21x)        4.28 (0.30x)    12.9 (0.44x)
+        spec. auto, cold  0.61 (1.08x)   2.13 (1.23x)        2.46 (0.52x)    6.77 (0.83x)
+        spec. auto        0.59 (1.10x)   2.21 (1.18x)        1.24 (1.02x)    5.58 (1.00x)
         (auto: gamma="auto"; cold = a process's first window at the batch size, drafted to
-        measure it; then at batch 16 every window is left to the teacher alone -- exact mode's
-        own path: 0.99x-1.04x / 0.98x-1.02x over three runs, exact's own runs differing by 1-4%)
+        measure it -- at batch 16 its rounds lose and the teacher finishes it; then every
+        window is left to the teacher alone -- exact mode's own path: 0.99x-1.04x / 0.98x-1.02x
+        over four runs, exact's own runs differing by 1-4%)
     (a2) one clip's both levels from its true top codes (the bottom reads SAMPLED middle codes):
         speculative (window drafts) 0.91x-1.03x of exact over runs: the bottom student's
         acceptance falls from 0.76 to 0.63 on sampled middle codes (distilled on real ones);
-        gamma auto then leaves the bottom's windows to the teacher alone (0.97x, 1.03x in two
+        gamma auto then leaves the bottom's windows to the teacher alone (0.97x-1.03x, three
         runs)
     (b) acceptance, batch 1: incremental 0.69 / 0.82 (middle / bottom) -> 2.71 / 3.47 codes per
-        teacher pass per row (gamma 4); window 0.67 / 0.76 -> 2.74 / 3.37 (gamma 6); auto 0.68 /
-        0.77 -> 2.90 / 3.86 (gamma 6.1 / 8.2 on average)
-    (b2) per round, batch 1: exact step 0.29 ms; incremental: draft 0.33 ms/code (1.1 exact
+        teacher pass per row (gamma 4); window 0.67 / 0.76 -> 2.74 / 3.37 (gamma 6); auto 0.67 /
+        0.76 -> 2.87 / 3.41 (gamma 7.1 / 6.2 on average; 2.8-2.9 / 3.4-3.9 over runs)
+    (b2) per round, batch 1: exact step 0.32 ms; incremental: draft 0.34 ms/code (1.1 exact
         steps: the demo student's final stage reads 2.5x the weights of a teacher step), verify
-        0.58-0.60 ms, accept 0.12 ms -> a round of gamma 4 costs 6.8-7.0 steps, and even an
-        ideal round (verify = one step, accept free) would give 0.80x / 0.87x ("bound");
-        window: a draft reads a view (1.4 us), verify 0.53 ms, accept 0.10 ms (on the host) ->
-        a round of gamma 6 costs 2.2 steps for 2.7-3.4 codes (predicted 1.26x / 1.58x from the
-        rounds alone), measured 1.08x / 1.20x with the student's bf16 sample per window
+        0.62 ms, accept 0.12 ms -> a round of gamma 4 costs 6.6-6.7 steps, and even an ideal
+        round (verify = one step, accept free) would give 0.82x / 0.88x ("bound"); window: a
+        draft reads a view (1.5 us), verify 0.57 ms, accept 0.10 ms (on the host) -> a round of
+        gamma 6 costs 2.2 steps for 2.7-3.4 codes (predicted 1.28x / 1.60x from the rounds
+        alone), measured 1.09x / 1.21x with the student's bf16 sample per window
     (c) given the TRUE upper codes: MR-STFT x the teacher's 0.98 / 0.97; KL 0.174 / 0.103 nats;
         pitch agreement with the clips' audio: real codes 0.81 / 0.86, teacher 0.70 / 0.80,
         student 0.71 / 0.80, random codes 0.00 / 0.00
@@ -86,12 +87,13 @@ one run shown, the ranges over three such runs in the README)::
         student's architecture at the released geometry): exact step 188 ms, draft 1.3 ms/code,
         verify 185-189 ms/round, round / step 0.96-1.03 -> 2.65x-2.83x projected at the
         middle's acceptance 0.69 (3.4x at the bottom's 0.82).
-    GOALS: accelerated >= 50x at batch 1: NOT MET (6.3x); MR-STFT within 1.15x: MET (0.98x,
+    GOALS: accelerated >= 50x at batch 1: NOT MET (6.7x); MR-STFT within 1.15x: MET (0.98x,
         0.97x); KL < 0.2: MET (0.174, 0.103); speculative >= 3 codes per pass: bottom MET
-        (3.86 auto), middle NOT MET (2.90 auto); speculative as fast as exact (B=1): MET (1.12x
-        / 1.27x); not slower at B=16: MET (1.04x / 1.02x with gamma auto: the teacher alone on
-        every window after the first, equal to exact within exact's own run-to-run spread);
-        released round within 1.3x of a step: MET (0.96x); >= 2.5x projected: MET (2.83x)
+        (3.47 incremental), middle NOT MET (2.87 auto); speculative as fast as exact (B=1): MET
+        (1.10x / 1.21x); not slower at B=16: MET (1.02x / 1.00x with gamma auto: the teacher
+        alone on every window after the first, equal to exact within exact's own run-to-run
+        spread); released round within 1.3x of a step: MET (1.00x); >= 2.5x projected: MET
+        (2.72x)
 
 What made window drafts pay at batch 1 (they ran at 0.85x / 0.89x before): the students' stacks
 run as matrix products without autograd (``CausalStack.infer``: a window sample 130 -> 85 ms),
