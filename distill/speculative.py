@@ -662,6 +662,8 @@ class WindowCosts:
 
     speculative: float | None = None
     exact: float | None = None
+    #: whether the last choice (drafts or the teacher alone) was logged
+    told: bool | None = field(default=None, compare=False, repr=False)
 
     def speculate(self) -> bool:
         """Whether to draft the next window: until a speculative window was measured, yes (to
@@ -897,7 +899,18 @@ class SpeculativeSampler(LevelSampler):
         it too)."""
         if costs.exact is None:
             costs.exact = self._probe_step(w)
-        return costs.speculate()
+        drafts = costs.speculate()
+        if costs.speculative is not None and costs.told is not drafts:
+            log.info(
+                "gamma auto, batch %d: drafting measured %.3g ms a code against the teacher's "
+                "%.3g ms: %s",
+                w.prefix.shape[0],
+                1e3 * costs.speculative,
+                1e3 * costs.exact,
+                "windows drafted" if drafts else "windows left to the teacher alone",
+            )
+            costs.told = drafts
+        return drafts
 
     def _probe_step(self, w: WindowInputs) -> float:
         """Seconds of one exact step of the teacher at this window's batch size: its engine

@@ -565,7 +565,7 @@ def test_auto_gamma_explores_then_chooses_and_stays_exact(long_prior):
     assert st.rounds > 12 and 0 <= sp.gamma <= 8
 
 
-def test_auto_leaves_to_the_teacher_the_windows_where_drafting_was_slower(long_prior):
+def test_auto_leaves_to_the_teacher_the_windows_where_drafting_was_slower(long_prior, caplog):
     """``gamma="auto"``: the teacher's step is probed and the first window at a batch size is
     drafted and measured; once the teacher's steps are faster per code, a window is sampled as
     exact mode samples it — the same codes from the same generator, the teacher's logits
@@ -583,7 +583,10 @@ def test_auto_leaves_to_the_teacher_the_windows_where_drafting_was_slower(long_p
 
     costs.speculative = 2 * costs.exact  # drafting measured slower than the teacher's steps
     codes0 = sp.stats.exact_codes  # (the rounds may have lost to the probe: module docs)
-    out = sp.sample_window(32, prefix, None, upper, torch.Generator().manual_seed(9))
+    with caplog.at_level("INFO", logger="distill.speculative"):
+        out = sp.sample_window(32, prefix, None, upper, torch.Generator().manual_seed(9))
+    assert "batch 2: drafting measured" in caplog.text  # the user is told why, once
+    assert "windows left to the teacher alone" in caplog.text
     exact = ExactSampler(long_prior, chunk_size=DEFAULT_PRIME_CHUNK)
     want = exact.sample_window(32, prefix, None, upper, torch.Generator().manual_seed(9))
     assert torch.equal(out, want) and not out.is_inference()  # a normal tensor, as drafted ones
@@ -597,8 +600,11 @@ def test_auto_leaves_to_the_teacher_the_windows_where_drafting_was_slower(long_p
 
     assert sp.costs(3) == WindowCosts() and sp.costs(b) is costs
     costs.speculative = 0.0  # drafting measured faster: drafted again
-    sp.sample_window(32, _empty(b), None, upper, g)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="distill.speculative"):
+        sp.sample_window(32, _empty(b), None, upper, g)
     assert (st.windows, st.exact_windows) == (3, 1) and costs.speculative > 0
+    assert "windows drafted" in caplog.text
 
 
 def test_auto_finishes_a_window_exactly_once_its_rounds_lose(long_prior):
