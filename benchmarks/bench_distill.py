@@ -423,7 +423,8 @@ def speed_section(
                     sp = st.speculative
                     alpha = sp.acceptance_rate
                     g_mean = mean_gamma(sp)
-                    label = f"{name}, {mode.removeprefix('speculative-') if '-' in mode else 'incremental'}"
+                    variant = mode.removeprefix("speculative-") if "-" in mode else "incremental"
+                    label = f"{name}, {variant}"
                     label += "" if part == 1 else f" (1/{part} of the span)"
                     spec.add(
                         label,

@@ -913,10 +913,11 @@ class SpeculativeSampler(LevelSampler):
         return drafts
 
     def _probe_step(self, w: WindowInputs) -> float:
-        """Seconds of one exact step of the teacher at this window's batch size: its engine
-        put at the middle of the window's new codes, :data:`PROBE_STEPS` of exact mode's sample steps (a CUDA graph on CUDA) timed
-        after a warm-up one. They only time (a step costs the same whatever the cache and the
-        noise buffer hold); whatever samples the window begins the engine again."""
+        """Seconds of one exact step of the teacher at this window's batch size: its engine put
+        at the middle of the window's new codes, :data:`PROBE_STEPS` of exact mode's sample
+        steps (a CUDA graph on CUDA) timed after a warm-up one. They only time (a step costs the
+        same whatever the cache and the noise buffer hold); whatever samples the window begins
+        the engine again."""
         b, t0 = w.prefix.shape
         engine = engine_for(self.prior, b)
         mid = engine.n_lyrics + (t0 + w.length) // 2
@@ -1113,7 +1114,11 @@ class SpeculativeSampler(LevelSampler):
         if finish_at is not None and finish_at < length:
             shown = None
             if progress is not None:
-                shown = lambda done, total: progress(finish_at - t0 + done, length - t0)  # noqa: E731
+                done0 = finish_at - t0
+
+                def shown(done: int, total: int) -> None:
+                    progress(done0 + done, length - t0)
+
             rest = WindowInputs(length, codes[:, :finish_at], labels, upper)
             codes[:, :length] = self._exact_window(rest, generator, shown, costs, whole=False)
         return codes[:, :length]

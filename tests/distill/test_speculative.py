@@ -618,7 +618,9 @@ def test_auto_finishes_a_window_exactly_once_its_rounds_lose(long_prior):
     costs.exact = 1e-12  # the teacher's steps measured (nearly) free: the rounds lose
     g = torch.Generator().manual_seed(2)
     upper = torch.randint(8, (b, 8), generator=g)
-    out = sp.sample_window(length, _empty(b), None, upper, g)
+    shown = []
+    out = sp.sample_window(length, _empty(b), None, upper, g, lambda d, t: shown.append((d, t)))
+    assert shown[-1] == (length, length) and all(x[0] <= y[0] for x, y in itertools.pairwise(shown))
     st = sp.stats
     first = 2 * 6  # the exploration's rounds (AUTO_START, AUTO_ROUNDS)
     assert st.exact_windows == 0 and st.windows == 1
