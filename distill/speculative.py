@@ -117,11 +117,11 @@ from teacher.config import ConfigError
 from teacher.device import DTYPES, native_bf16, resolve_dtype
 from teacher.generate.engine import START, engine_for
 from teacher.generate.sampler import (
+    ExactSampler,
     LevelSampler,
     ProgressFn,
     WindowInputs,
     filter_logits,
-    sample_window,
 )
 from teacher.prior.model import Prior
 
@@ -844,6 +844,15 @@ class SpeculativeSampler(LevelSampler):
         self.n_ctx = prior.cfg.n_ctx
         self.stats = SpeculativeStats()
         self._verify: dict[int, list[float]] = {}  # queries -> [seconds, calls]
+        # what samples the windows (or their rests) gamma="auto" leaves to the teacher alone
+        self._exact = ExactSampler(
+            self.prior,
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            chunk_size,
+            on_logits=None if on_logits is None else _per_row(on_logits),
+        )
 
     #: batches of at most this many rows on a CPU accept on the host (:meth:`_accept_host`,
     #: a loop over the rows: 18 µs a round at batch 1 against 63 µs for the device path, slower
@@ -937,8 +946,8 @@ class SpeculativeSampler(LevelSampler):
         costs: WindowCosts,
         whole: bool = True,
     ) -> Tensor:
-        """The window sampled by the teacher alone, as exact mode samples it
-        (:func:`~teacher.generate.sampler.sample_window`; ``whole=False``: the rest of a drafted
+        """The window sampled by the teacher alone, by exact mode's own sampler
+        (:class:`~teacher.generate.sampler.ExactSampler`; ``whole=False``: the rest of a drafted
         window, from a position every row reached); its steps' time updates ``costs.exact``."""
         b, t0 = w.prefix.shape
         device = next(self.prior.parameters()).device
@@ -950,29 +959,7 @@ class SpeculativeSampler(LevelSampler):
             if progress is not None:
                 progress(done, total)
 
-        hook = None
-        if self.on_logits is not None:
-            on_logits = self.on_logits
-
-            def hook(t: int, z: Tensor) -> None:
-                for r in range(b):
-                    on_logits(r, t, z[r])
-
-        cond = self.prior.condition(w.labels, w.upper)
-        out = sample_window(
-            self.prior,
-            b,
-            cond,
-            w.length,
-            prefix=w.prefix if t0 else None,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            generator=generator,
-            progress=tick,
-            chunk_size=self.chunk_size,
-            on_logits=hook,
-        )
+        out = self._exact.draw(w, generator, tick)
         if len(stamps) == 2:
             costs.exact = (stamps[1] - stamps[0]) / (w.length - t0 - 1)
         self.stats.windows += whole
@@ -1295,6 +1282,17 @@ class _Clock:
             self.last = now - self.t
             self.into[part] = self.into.get(part, 0.0) + self.last
             self.t = now
+
+
+def _per_row(hook: LogitsHook) -> Callable[[int, Tensor], None]:
+    """``hook(row, t, logits[V])`` as :func:`~teacher.generate.sampler.sample_window`'s
+    ``on_logits(t, logits[B, V])``."""
+
+    def every_row(t: int, z: Tensor) -> None:
+        for r in range(z.shape[0]):
+            hook(r, t, z[r])
+
+    return every_row
 
 
 def _now(device: torch.device) -> float:

@@ -270,7 +270,8 @@ class LevelSampler(Protocol):
 
 
 class ExactSampler(LevelSampler):
-    """The teacher's autoregressive sampler (:func:`sample_window`): ``--mode exact``."""
+    """The teacher's autoregressive sampler (:func:`sample_window`): ``--mode exact``.
+    ``on_logits``: :func:`sample_window`'s inspection hook, for every window drawn."""
 
     def __init__(
         self,
@@ -279,10 +280,12 @@ class ExactSampler(LevelSampler):
         top_k: int = 0,
         top_p: float = 0.0,
         chunk_size: int | None = DEFAULT_CHUNK,
+        on_logits: StepHook | None = None,
     ) -> None:
         self.prior = prior
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         self.chunk_size = chunk_size
+        self.on_logits = on_logits
         self.n_ctx = prior.cfg.n_ctx
 
     def draw(
@@ -303,6 +306,7 @@ class ExactSampler(LevelSampler):
             generator=generator,
             progress=progress,
             chunk_size=self.chunk_size,
+            on_logits=self.on_logits,
         )
 
 
