@@ -23,11 +23,13 @@ from teacher.vqvae.config import VQVAEConfig
 #: the named loss weights (keys = log keys of the terms). ``mrstft`` 1.0: auraloss's MR-STFT
 #: (spectral convergence + log magnitude, ~1-2 for unrelated audio) is on the scale of a KL of
 #: ~1 nat/token, so neither term swamps the other at the start; ``kl_intermediate`` 0.1 as the
-#: prototype of DESIGN §5; ``power`` off (the MR-STFT term already matches the spectrum);
+#: prototype of DESIGN §5; ``tv`` off (the total variation distance, 1 − a speculative draft's
+#: expected acceptance: for students distilled as draft models); ``power`` off (the MR-STFT term already matches the spectrum);
 #: ``ce`` off (warm-up only, decays to 0 over ``ce_warmup_steps``).
 DEFAULT_WEIGHTS: dict[str, float] = {
     "kl": 1.0,
     "kl_intermediate": 0.1,
+    "tv": 0.0,
     "mrstft": 1.0,
     "power": 0.0,
     "ce": 0.0,
@@ -110,8 +112,10 @@ class DistillConfig:
         bad = [k for k, v in w.items() if not (v >= 0 and math.isfinite(v))]
         if bad:
             raise ConfigError(f"loss weights must be finite and >= 0: {bad}")
-        if not any(w[k] for k in ("kl", "kl_intermediate", "mrstft", "power")):
-            raise ConfigError("every distillation weight (kl, kl_intermediate, mrstft, power) is 0")
+        if not any(w[k] for k in ("kl", "kl_intermediate", "tv", "mrstft", "power")):
+            raise ConfigError(
+                "every distillation weight (kl, kl_intermediate, tv, mrstft, power) is 0"
+            )
         if self.ce_warmup_steps < 0:
             raise ConfigError("--ce_warmup_steps must be >= 0")
         if w["ce"] > 0 and self.ce_warmup_steps == 0:

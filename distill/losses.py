@@ -12,6 +12,10 @@ weights of :class:`~student.config.LossConfig` (DAC-style ``lambdas``):
 * ``"kl_intermediate"`` — the same for the earlier stages, against the SAME teacher pass (the
   final stage's tokens): no gradient crosses the argmax between stages, so without it the early
   stages would not learn (DESIGN §5, weight 0.1).
+* ``"tv"`` — total variation distance per token ``½ Σ_v |q_t(v) − p_T(v | x̂_<t)| = 1 − Σ_v
+  min(q_t, p_T)`` of the final stage against the same teacher pass: one minus the probability
+  that a speculative draft drawn from q_t is accepted (Leviathan et al. 2023), the objective a
+  draft model is judged by (DistillSpec, Zhou et al. 2024, tunes drafts on it). Off by default.
 * ``"mrstft"`` — multi-resolution STFT loss (auraloss) between audio decoded by the frozen
   VQ-VAE decoder from the student's straight-through code embeddings and the decoded ground
   truth: KL alone gives quiet, whispery audio (Parallel WaveNet §3.2).
@@ -96,6 +100,33 @@ def reverse_kl(
     return kl
 
 
+@fp32
+def total_variation(
+    student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Per-token total variation distance ``½ Σ_v |q_t(v) − p_t(v)| = 1 − Σ_v min(q_t, p_t)``
+    -> ``Tensor[B, T]`` in [0, 1]: one minus the expected acceptance of a draft drawn from q_t
+    when the teacher draws from p_t (speculative sampling's ``min(1, p/q)`` rule).
+
+    Args:
+        student_logits: ``Tensor[B, T, V]``; ``q = softmax(student_logits)``.
+        teacher_logits: ``Tensor[B, T, V]`` already divided by the teacher's sampling
+            temperature; detached here (gradients flow through q only).
+        mask: optional ``Tensor[B, T]``; masked-out positions give 0.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in shape"
+        )
+    q = torch.softmax(student_logits.float(), dim=-1)
+    p = torch.softmax(teacher_logits.detach().float(), dim=-1)
+    tv = 1.0 - torch.minimum(q, p).sum(dim=-1)
+    if mask is not None:
+        tv = tv * mask.to(tv.dtype)
+    return tv
+
+
 def categorical_distill_terms(
     sample: StudentSample,
     teacher_logits: Tensor,
@@ -110,7 +141,8 @@ def categorical_distill_terms(
     Returns:
         ``"kl"``: mean final-stage reverse KL per token (the logged KL estimate, nats/token);
         ``"kl_intermediate"``: mean over the earlier stages of their mean KL against the same
-        teacher logits (0 when K = 1); ``"kl_stages"``: ``Tensor[K]`` per-stage KL, detached,
+        teacher logits (0 when K = 1); ``"tv"``: the final stage's mean total variation
+        distance to the teacher per token (:func:`total_variation`); ``"kl_stages"``: ``Tensor[K]`` per-stage KL, detached,
         for logging; ``"distill"``: ``kl + intermediate_weight · kl_intermediate`` for callers
         that do not use :func:`total_loss` (whose weights dict applies its own
         ``kl_intermediate`` weight to the unweighted term).
@@ -121,6 +153,7 @@ def categorical_distill_terms(
     return {
         "kl": kl,
         "kl_intermediate": inter,
+        "tv": _masked_mean(total_variation(sample.logits[-1], teacher_logits), mask),
         "kl_stages": torch.stack([x.detach() for x in per_stage]),
         "distill": kl + intermediate_weight * inter,
     }
@@ -279,5 +312,6 @@ __all__ = [
     "reverse_kl",
     "straight_through_embeddings",
     "total_loss",
+    "total_variation",
     "warmup_weight",
 ]

@@ -11,7 +11,8 @@ Per optimiser step (:func:`distill_step`):
    reverse KL of the final stage (closed form for the categorical student; for the Gaussian one
    the calibrated soft-assignment KL, or the Monte-Carlo cross-entropy minus the log-det entropy
    with ``gaussian_loss="mc"``), ``kl_intermediate`` the same for the earlier stages against
-   the same teacher pass, ``mrstft`` the multi-resolution STFT loss between the audio decoded by
+   the same teacher pass, ``tv`` the final stage's total variation distance to the teacher
+   (1 − a speculative draft's expected acceptance; off by default), ``mrstft`` the multi-resolution STFT loss between the audio decoded by
    the frozen VQ-VAE decoder of the level from the student's straight-through code embeddings
    and the decoded TRUE codes of the window (KL alone gives quiet, whispery audio: Parallel
    WaveNet §3.2), ``power`` Parallel WaveNet's power loss, and ``ce`` a warm-up cross-entropy on
@@ -23,7 +24,9 @@ Logged every ``logging_steps`` (``metrics.jsonl``, the progress bar): every term
 teacher at temperature 1: the main quality signal, DESIGN §5 — the teacher NLL of the student's
 samples alone is misleading, low temperatures lower it while matching the teacher worse),
 ``teacher_nll_bits`` (bits/token of the student's tokens under the teacher at temperature 1),
-``accuracy`` (tokens equal to the true codes), ``student_entropy`` (nats/token of q) and the
+``accuracy`` (tokens equal to the true codes), ``student_entropy`` (nats/token of q),
+``draft_acceptance`` (``1 − tv``: the expected acceptance of a speculative draft drawn from the
+final stage, on the student's own tokens, at ``teacher_temperature``) and the
 per-stage KL ``kl_stage{k}``; they are the main process's last micro-batch (not averaged over
 ranks). Every ``validation_steps`` the EMA student is scored on fixed windows (``val_*``).
 """
@@ -142,7 +145,13 @@ def distill_step(
 
     kl = categorical_distill_terms(sample, t_scaled)
     terms: dict[str, Tensor] = {"kl": kl["kl"], "kl_intermediate": kl["kl_intermediate"]}
-    metrics: dict[str, Tensor] = {"kl_per_token": kl["kl"].detach()}
+    if weights.get("tv"):
+        terms["tv"] = kl["tv"]
+    metrics: dict[str, Tensor] = {
+        "kl_per_token": kl["kl"].detach(),
+        # the expected acceptance of a speculative draft drawn from the final stage here
+        "draft_acceptance": 1.0 - kl["tv"].detach(),
+    }
     if inner.cfg.family == "gaussian" and loss_cfg.gaussian_objective == "mc":
         mc = gaussian_mc_terms(sample, t_scaled, inner.codes_unit(), loss_cfg.mc_bandwidth)
         terms["kl"] = mc["kl"]

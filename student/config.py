@@ -32,7 +32,7 @@ from teacher.prior.config import LabelConditionerConfig, PriorConfig, UpsamplerC
 FAMILIES = ("categorical", "gaussian")
 CODE_SPACES = ("vqvae", "teacher_head", "learned")
 GAUSSIAN_OBJECTIVES = ("calibrated", "mc")
-LOSS_NAMES = ("kl", "kl_intermediate", "mrstft", "power", "ce")
+LOSS_NAMES = ("kl", "kl_intermediate", "tv", "mrstft", "power", "ce")
 _Sizes = tuple[int, ...]
 
 
@@ -117,7 +117,10 @@ class LossConfig:
     """Named distillation loss weights (the log keys of :mod:`distill.losses`) and settings.
 
     Weights: ``kl`` final-stage reverse KL per token; ``kl_intermediate`` the same on earlier
-    stages (DESIGN §5: 0.1); ``mrstft`` multi-resolution STFT of decoded audio; ``power``
+    stages (DESIGN §5: 0.1); ``tv`` the final stage's total variation distance to the teacher
+    per token (one minus the expected acceptance of a speculative draft drawn from it: the
+    objective of a draft model, DistillSpec); ``mrstft`` multi-resolution STFT of decoded
+    audio; ``power``
     Parallel WaveNet's power loss; ``ce`` the warm-up cross-entropy at step 0, decayed linearly
     to 0 over ``ce_warmup_steps``.
 
@@ -132,6 +135,7 @@ class LossConfig:
 
     kl: float = 1.0
     kl_intermediate: float = 0.1
+    tv: float = 0.0
     mrstft: float = 1.0
     power: float = 0.0
     ce: float = 0.0

@@ -18,6 +18,7 @@ from distill.losses import (
     reverse_kl,
     straight_through_embeddings,
     total_loss,
+    total_variation,
     warmup_weight,
 )
 from student import CategoricalIAF, GaussianIAF, tiny_student
@@ -93,6 +94,42 @@ def test_reverse_kl_mask_and_fp32_under_autocast():
     assert out.dtype == torch.float32
 
 
+# ---------------------------------------------------------------------------------------------
+# total variation: one minus a speculative draft's acceptance
+
+
+def test_total_variation_is_half_l1_and_one_minus_the_acceptance_of_a_draft():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 3, 6, generator=g), torch.randn(2, 3, 6, generator=g)
+    tv = total_variation(s, t)
+    q, p = s.softmax(-1), t.softmax(-1)
+    assert tv.shape == (2, 3)
+    assert torch.allclose(tv, 0.5 * (q - p).abs().sum(-1), atol=1e-6)
+    # speculative sampling's rule: a draft d ~ q is kept with probability min(1, p(d)/q(d))
+    n = 200_000
+    d = torch.multinomial(q[0, 0], n, replacement=True, generator=g)
+    kept = torch.rand(n, generator=g) < (p[0, 0, d] / q[0, 0, d]).clamp(max=1.0)
+    assert kept.float().mean().item() == pytest.approx(1.0 - tv[0, 0].item(), abs=0.005)
+    assert torch.allclose(total_variation(s, s + 3.0), torch.zeros(2, 3), atol=1e-6)
+    assert ((tv > 0) & (tv < 1)).all()
+    mask = torch.tensor([[1, 0, 1], [0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(total_variation(s, t, mask), tv * mask)
+    with pytest.raises(ValueError, match="differ in shape"):
+        total_variation(s, t[..., :5])
+
+
+def test_total_variation_gradient_through_q_only_raises_the_acceptance():
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(4, 5, 9, generator=g, requires_grad=True)
+    t = torch.randn(4, 5, 9, generator=g, requires_grad=True)
+    before = total_variation(s, t).mean()
+    before.backward()
+    assert t.grad is None and s.grad.abs().sum() > 0
+    with torch.no_grad():
+        after = total_variation(s - 0.5 * s.grad / s.grad.norm(), t).mean()
+    assert after < before - 1e-4
+
+
 def test_categorical_distill_terms():
     g = torch.Generator().manual_seed(0)
     stages = [torch.randn(2, 5, 8, generator=g, requires_grad=True) for _ in range(3)]
@@ -106,6 +143,8 @@ def test_categorical_distill_terms():
     assert torch.allclose(terms["kl_stages"], torch.stack(per).detach())
     assert not terms["kl_stages"].requires_grad
     assert terms["distill"].item() == pytest.approx((per[2] + 0.25 * (per[0] + per[1]) / 2).item())
+    # tv: the final stage's, against the same teacher logits
+    assert terms["tv"].item() == pytest.approx(total_variation(stages[2], teacher).mean().item())
     terms["kl_intermediate"].backward()
     assert stages[2].grad is None and stages[0].grad.abs().sum() > 0
     one = categorical_distill_terms(StudentSample(sample.codes, stages[:1]), teacher)

@@ -303,6 +303,14 @@ def test_step_gradients_reach_the_student_only(setup):
     assert float(out1.metrics["kl_per_token"]) == pytest.approx(
         float(out1.metrics["kl_per_token_t1"]), rel=1e-5
     )
+    # the total variation term (weighted only when asked) and the drafts' expected acceptance
+    assert "tv" not in out1.terms
+    gen = step_generator(torch.device("cpu"), 0, 0, 1, 0)
+    tv = distill_step(student, teacher, batch, cfg1.loss, {"tv": 1.0}, gen)
+    assert set(tv.terms) == {"kl", "kl_intermediate", "tv"} and torch.equal(tv.codes, out.codes)
+    assert float(tv.loss) == pytest.approx(float(tv.terms["tv"]))
+    assert float(tv.metrics["draft_acceptance"]) == pytest.approx(1.0 - float(tv.terms["tv"]))
+    assert 0.0 < float(tv.terms["tv"]) < 1.0
     # the straight-through decode is exact in the forward pass: truth vs truth is 0 apart
     soft = torch.nn.functional.one_hot(batch["codes"], 32).float().requires_grad_(True)
     a = decode_straight_through(teacher.vqvae, soft, 1)
@@ -360,6 +368,7 @@ def test_bad_settings_fail_before_any_work(setup, tmp_path):
         dict(weights={"kll": 1.0}),
         dict(weights={"kl": -1.0}),
         dict(weights={"kl": 0.0, "kl_intermediate": 0.0, "mrstft": 0.0}),
+        dict(weights={"tv": -0.5}),
         dict(family="diffusion"),
         dict(preset="huge"),
         dict(n_stages=0),
@@ -373,6 +382,9 @@ def test_bad_settings_fail_before_any_work(setup, tmp_path):
             DistillConfig(**bad).validate()
     weights = DistillConfig(weights={"power": 0.5}).loss_weights()
     assert weights == {**DEFAULT_WEIGHTS, "power": 0.5}
+    # the total variation alone is a distillation objective (a draft model's)
+    only_tv = {"kl": 0.0, "kl_intermediate": 0.0, "mrstft": 0.0, "tv": 1.0}
+    assert DistillConfig(weights=only_tv).validate().loss_weights()["tv"] == 1.0
 
 
 @pytest.mark.slow
