@@ -20,6 +20,10 @@ Output folder::
                             ``validation_steps``
       metrics.jsonl, train_args.json
 
+Fine-tuning (``--init_from DIR``): the run starts from the weights of a distilled student folder
+(a run's ``student/`` or a shipped one) with its architecture, a fresh optimiser and the run's
+loss weights, e.g. to tune a student as a speculative draft model (``--tv_weight``, DESIGN §10).
+
 Teacher folder layout (:mod:`distill.teacher`): ``TEACHER/vqvae``, ``TEACHER/top``,
 ``TEACHER/middle``, ``TEACHER/bottom``, each a model folder (prior folders also hold
 ``vocab.json`` and ``vqvae.json``). Only ``vqvae`` and the distilled level are read.
@@ -65,6 +69,7 @@ from teacher.console import run_main
 from teacher.device import DTYPES
 from teacher.io import (
     atomic_write_json,
+    load_model_weights,
     model_fingerprint,
     read_json,
     read_model_config,
@@ -74,6 +79,7 @@ from teacher.levels import level_index, level_name
 from teacher.train.cli import (
     add_data_args,
     add_train_args,
+    check_init_flags,
     data_config_from_args,
     train_config_from_args,
 )
@@ -143,12 +149,40 @@ def _check_window(cfg: StudentConfig, prior_cfg: Any, n_ctx: int) -> None:
         raise ConfigError(f"power_n_fft {loss.power_n_fft} is longer than the window {window}")
 
 
+def read_init_student(folder: str | Path, dcfg: DistillConfig, prior_dir: Path) -> StudentConfig:
+    """The config of the student folder a fine-tuning run starts from (``--init_from``),
+    checked before any work: a readable student config (else one
+    :class:`~teacher.io.ModelFolderError` naming the folder), the family and the level of the
+    run. A student distilled from other teacher weights (a fine-tuned teacher) is allowed, with
+    a warning."""
+    folder = Path(folder)
+    cfg = read_model_config(folder, StudentConfig, "student")
+    if cfg.family != dcfg.family:
+        raise ConfigError(
+            f"--init_from {folder} is a {cfg.family} student; the run distils a {dcfg.family} "
+            f"one (--student {cfg.family})"
+        )
+    if cfg.level != dcfg.level:
+        raise ConfigError(
+            f"--init_from {folder} replaces level {cfg.level}, the run distils level {dcfg.level}"
+        )
+    link = folder / TEACHER_LINK_FILE
+    if link.is_file() and read_json(link).get("fingerprint") != model_fingerprint(prior_dir):
+        log.warning(
+            "--init_from %s was distilled from other weights than %s: fine-tuning it on them",
+            folder,
+            prior_dir,
+        )
+    return cfg
+
+
 def distill(
     teacher_dir: str | Path,
     data_cfg: Any,
     distill_cfg: DistillConfig,
     run_cfg: TrainConfig,
     student_cfg: StudentConfig | None = None,
+    init_from: str | Path | None = None,
 ) -> Path:
     """Distil the level-``distill_cfg.level`` upsampler of ``teacher_dir`` into a parallel
     student; returns the exported ``OUTPUT_DIR/student`` folder (EMA weights).
@@ -159,7 +193,10 @@ def distill(
     by the main process; :func:`teacher.data.codes.build_code_cache`), ``n_ctx`` codes of the level
     with the upper codes of the same span and the label vectors. A resumed run (``run_cfg.
     resume_from_checkpoint``) takes the student config from its checkpoint and refuses another
-    teacher. See the module docstring for the step, the metrics and the output folder.
+    teacher. ``init_from`` (fine-tuning; not with ``student_cfg``): start from the weights and
+    the architecture of this student folder (:func:`read_init_student`), with a fresh optimiser
+    and EMA; a resumed run takes precedence. See the module docstring for the step, the metrics
+    and the output folder.
     """
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -184,6 +221,11 @@ def distill(
     vq_cfg = read_model_config(vq_dir, VQVAEConfig, "VQ-VAE")
     out_dir = Path(run_cfg.output_dir)
     resume = resolve_resume(run_cfg.resume_from_checkpoint, out_dir / "checkpoints")
+    if init_from is not None and student_cfg is not None:
+        raise ConfigError("give a student config or a folder to start from (init_from), not both")
+    init = Path(init_from) if init_from is not None and resume is None else None
+    if init is not None:
+        student_cfg = read_init_student(init, dcfg, prior_dir)
     if resume is not None:
         saved = resume / EXPORT_NAME
         student_cfg = load_student_config(str(saved / "config.json"))
@@ -235,6 +277,8 @@ def distill(
         model = GaussianIAF.from_teacher(teacher.prior, student_cfg, codebook=codebook)
     else:
         model = CategoricalIAF.from_teacher(teacher.prior, student_cfg)
+    if init is not None:  # strict: a damaged folder is one error naming it
+        load_model_weights(model, init, f"{student_cfg.family} student")
     n_params = sum(p.numel() for p in model.parameters())
     name = level_name(level, vq_cfg.levels)
     link = {
@@ -273,6 +317,9 @@ def distill(
                 "student": config_to_dict(student_cfg),
                 "teacher": link,
                 "code_cache_dir": str(cache.root),
+                "init_from": None
+                if init is None
+                else {"path": str(init.resolve()), "fingerprint": model_fingerprint(init)},
                 "windows_per_epoch": len(dataset),
                 "student_parameters": n_params,
             },
@@ -358,8 +405,18 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         choices=sorted(STUDENT_PRESETS),
-        default=d.preset,
-        help="student size preset (stage networks, MR-STFT resolutions)",
+        default=None,
+        help=f"student size preset (stage networks, MR-STFT resolutions; default {d.preset}; "
+        "not with --init_from)",
+    )
+    p.add_argument(
+        "--init_from",
+        default=None,
+        metavar="DIR",
+        help="fine-tune this student folder (a run's student/ or a shipped one, e.g. as a "
+        "speculative draft model with --tv_weight): its architecture (--preset is refused, "
+        "--num_stages must agree), a fresh optimiser, the loss flags as given; "
+        "--resume_from_checkpoint takes precedence",
     )
     p.add_argument("--num_stages", type=int, default=None, help="K passes (preset default)")
     p.add_argument("--n_ctx", type=int, default=None, help="codes per window (teacher's n_ctx)")
@@ -401,10 +458,14 @@ def distill_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if not (vq_dir / "config.json").is_file():
         raise ConfigError(f"teacher VQ-VAE folder {vq_dir} is missing (no config.json)")
     vq_cfg = load_config(VQVAEConfig, str(vq_dir / "config.json"))
+    init_from = getattr(args, "init_from", None)
+    if init_from is not None:
+        cfg = read_model_config(init_from, StudentConfig, "student")
+        check_init_flags(args, {"num_stages": cfg.n_stages})
     dcfg = DistillConfig(
         level=level_index(args.level, vq_cfg.levels),
         family=args.student,
-        preset=args.preset,
+        preset=args.preset or DistillConfig().preset,
         n_stages=args.num_stages,
         weights={name: getattr(args, f"{name}_weight") for name in LOSS_NAMES},
         ce_warmup_steps=args.ce_warmup_steps,
@@ -426,6 +487,7 @@ def distill_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         data_cfg=data_cfg,
         distill_cfg=dcfg,
         run_cfg=train_config_from_args(args),
+        init_from=init_from,
     )
 
 
@@ -445,7 +507,12 @@ def run(args: argparse.Namespace) -> Path:
     if getattr(args, "dry_run", False):
         from distill.dry_run import dry_run
 
-        return dry_run(kwargs["teacher_dir"], kwargs["distill_cfg"], kwargs["run_cfg"])
+        init = kwargs["init_from"]
+        student_cfg = None
+        if init is not None:  # the plan of the folder's architecture (its config only)
+            prior_dir = teacher_paths(kwargs["teacher_dir"], kwargs["distill_cfg"].level)[0]
+            student_cfg = read_init_student(init, kwargs["distill_cfg"], prior_dir)
+        return dry_run(kwargs["teacher_dir"], kwargs["distill_cfg"], kwargs["run_cfg"], student_cfg)
     return distill(**kwargs)
 
 
@@ -458,10 +525,6 @@ def _main_run(args: argparse.Namespace) -> int:
     out = run(args)
     log.info("%s written to %s", "dry-run plan" if args.dry_run else "student", out)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from teacher.train.loop import EMA
 from tests.launch import subprocess_env, two_cpu_processes
 
 SR = 8000
+WEIGHTS = "model.safetensors"
 
 
 def _run(args: list[str], module: str = "distill.train", env: dict | None = None) -> str:
@@ -228,6 +229,57 @@ def test_resume_continues_and_matches_an_unbroken_run(setup, categorical, tmp_pa
     args.teacher = str(other)
     with pytest.raises(ConfigError, match="another teacher"):
         run(args)
+
+
+def test_init_from_fine_tunes_a_distilled_student(setup, categorical, tmp_path):
+    from safetensors.torch import load_file
+
+    from teacher.io import ModelFolderError
+
+    init = categorical / "student"
+    args = _args(setup, tmp_path / "x")
+    del args[args.index("--preset") : args.index("--preset") + 2]  # the folder's architecture
+    # at a vanishing learning rate the run exports the folder's weights (a fresh EMA of them),
+    # and its first step scores them: the KL of a trained student, not of a fresh one
+    out = tmp_path / "ft"
+    extra = ["--init_from", str(init), "--max_train_steps", "2", "--tv_weight", "1"]
+    _run([*_swap_out(args, out), *extra, "--mrstft_weight", "0", "--learning_rate", "1e-12"])
+    mine, theirs = load_file(out / "student" / "model.safetensors"), load_file(init / WEIGHTS)
+    assert mine.keys() == theirs.keys()
+    assert all(torch.allclose(mine[k], theirs[k], rtol=0, atol=1e-8) for k in mine)
+    saved = read_json(out / "train_args.json")
+    assert saved["init_from"]["fingerprint"] == model_fingerprint(init)
+    assert saved["distill"]["weights"]["tv"] == 1.0 and saved["distill"]["weights"]["mrstft"] == 0
+    first = _records(out)[0]
+    assert first["kl"] < 0.5 * _records(categorical)[0]["kl"]
+    assert first["draft_acceptance"] == pytest.approx(1.0 - first["tv"])
+
+    parser = build_parser()
+    bad = tmp_path / "bad"
+    for extra, match in (
+        (["--init_from", str(init), "--preset", "tiny"], "exclude each other"),
+        (["--init_from", str(init), "--num_stages", "2"], "conflicts with --init_from"),
+        (["--init_from", str(tmp_path / "nowhere")], "no such student folder"),
+        (["--init_from", str(setup["teacher"] / "middle")], "student"),
+        (["--init_from", str(init), "--student", "gaussian"], "categorical student"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            run(parser.parse_args([*_swap_out(args, bad), *extra]))
+    assert not bad.exists()
+    # a folder whose weights are damaged: one error naming it, before any step
+    broken = tmp_path / "broken"
+    shutil.copytree(init, broken)
+    (broken / WEIGHTS).write_bytes(b"not safetensors")
+    with pytest.raises(ModelFolderError, match=str(broken)):
+        run(parser.parse_args([*_swap_out(args, bad), "--init_from", str(broken)]))
+    assert not (bad / "checkpoints").exists()
+
+
+def _swap_out(args: list[str], out: Path) -> list[str]:
+    """``args`` with ``--output_dir`` set to ``out``."""
+    args = list(args)
+    args[args.index("--output_dir") + 1] = str(out)
+    return args
 
 
 def test_gaussian_students_and_the_optional_terms(setup, tmp_path):
