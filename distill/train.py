@@ -149,13 +149,25 @@ def _check_window(cfg: StudentConfig, prior_cfg: Any, n_ctx: int) -> None:
         raise ConfigError(f"power_n_fft {loss.power_n_fft} is longer than the window {window}")
 
 
-def read_init_student(folder: str | Path, dcfg: DistillConfig, prior_dir: Path) -> StudentConfig:
-    """The config of the student folder a fine-tuning run starts from (``--init_from``),
-    checked before any work: a readable student config (else one
-    :class:`~teacher.io.ModelFolderError` naming the folder), the family and the level of the
-    run. A student distilled from other teacher weights (a fine-tuned teacher) is allowed, with
-    a warning."""
+def init_student_folder(folder: str | Path) -> Path:
+    """The student folder ``--init_from`` names: ``folder`` itself, or the ``student/`` export
+    of a distillation run's output folder."""
     folder = Path(folder)
+    export = folder / EXPORT_NAME
+    if not (folder / "config.json").is_file() and (export / "config.json").is_file():
+        return export
+    return folder
+
+
+def read_init_student(
+    folder: str | Path, dcfg: DistillConfig, prior_dir: Path
+) -> tuple[Path, StudentConfig]:
+    """The student folder a fine-tuning run starts from (``--init_from``,
+    :func:`init_student_folder`) and its config, checked before any work: a readable student
+    config (else one :class:`~teacher.io.ModelFolderError` naming the folder), the family and
+    the level of the run. A student distilled from other teacher weights (a fine-tuned teacher)
+    is allowed, with a warning."""
+    folder = init_student_folder(folder)
     cfg = read_model_config(folder, StudentConfig, "student")
     if cfg.family != dcfg.family:
         raise ConfigError(
@@ -173,7 +185,7 @@ def read_init_student(folder: str | Path, dcfg: DistillConfig, prior_dir: Path) 
             folder,
             prior_dir,
         )
-    return cfg
+    return folder, cfg
 
 
 def distill(
@@ -194,7 +206,7 @@ def distill(
     with the upper codes of the same span and the label vectors. A resumed run (``run_cfg.
     resume_from_checkpoint``) takes the student config from its checkpoint and refuses another
     teacher. ``init_from`` (fine-tuning; not with ``student_cfg``): start from the weights and
-    the architecture of this student folder (:func:`read_init_student`), with a fresh optimiser
+    the architecture of this student folder or run output folder (:func:`read_init_student`), with a fresh optimiser
     and EMA; a resumed run takes precedence. See the module docstring for the step, the metrics
     and the output folder.
     """
@@ -223,9 +235,9 @@ def distill(
     resume = resolve_resume(run_cfg.resume_from_checkpoint, out_dir / "checkpoints")
     if init_from is not None and student_cfg is not None:
         raise ConfigError("give a student config or a folder to start from (init_from), not both")
-    init = Path(init_from) if init_from is not None and resume is None else None
-    if init is not None:
-        student_cfg = read_init_student(init, dcfg, prior_dir)
+    init = None
+    if init_from is not None and resume is None:
+        init, student_cfg = read_init_student(init_from, dcfg, prior_dir)
     if resume is not None:
         saved = resume / EXPORT_NAME
         student_cfg = load_student_config(str(saved / "config.json"))
@@ -460,7 +472,7 @@ def distill_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     vq_cfg = load_config(VQVAEConfig, str(vq_dir / "config.json"))
     init_from = getattr(args, "init_from", None)
     if init_from is not None:
-        cfg = read_model_config(init_from, StudentConfig, "student")
+        cfg = read_model_config(init_student_folder(init_from), StudentConfig, "student")
         check_init_flags(args, {"num_stages": cfg.n_stages})
     dcfg = DistillConfig(
         level=level_index(args.level, vq_cfg.levels),
@@ -511,7 +523,7 @@ def run(args: argparse.Namespace) -> Path:
         student_cfg = None
         if init is not None:  # the plan of the folder's architecture (its config only)
             prior_dir = teacher_paths(kwargs["teacher_dir"], kwargs["distill_cfg"].level)[0]
-            student_cfg = read_init_student(init, kwargs["distill_cfg"], prior_dir)
+            student_cfg = read_init_student(init, kwargs["distill_cfg"], prior_dir)[1]
         return dry_run(kwargs["teacher_dir"], kwargs["distill_cfg"], kwargs["run_cfg"], student_cfg)
     return distill(**kwargs)
 

@@ -236,13 +236,13 @@ def test_init_from_fine_tunes_a_distilled_student(setup, categorical, tmp_path):
 
     from teacher.io import ModelFolderError
 
-    init = categorical / "student"
+    init = categorical / "student"  # --init_from takes the run's folder or its export
     args = _args(setup, tmp_path / "x")
     del args[args.index("--preset") : args.index("--preset") + 2]  # the folder's architecture
     # at a vanishing learning rate the run exports the folder's weights (a fresh EMA of them),
     # and its first step scores them: the KL of a trained student, not of a fresh one
     out = tmp_path / "ft"
-    extra = ["--init_from", str(init), "--max_train_steps", "2", "--tv_weight", "1"]
+    extra = ["--init_from", str(categorical), "--max_train_steps", "2", "--tv_weight", "1"]
     _run([*_swap_out(args, out), *extra, "--mrstft_weight", "0", "--learning_rate", "1e-12"])
     mine, theirs = load_file(out / "student" / "model.safetensors"), load_file(init / WEIGHTS)
     assert mine.keys() == theirs.keys()
