@@ -93,7 +93,7 @@ def test_presets_validate_and_round_trip(tmp_path):
     assert cfg.upsample_ratio == 4 and cfg.hop_length == 32 and cfg.label_size == 6
     assert cfg.stage.receptive_field == 16
     assert small_student(1).n_stages == 4
-    assert set(cfg.loss.weights()) == {"kl", "kl_intermediate", "mrstft", "power", "ce"}
+    assert set(cfg.loss.weights()) == {"kl", "kl_intermediate", "tv", "mrstft", "power", "ce"}
     assert cfg.loss.weights()["kl_intermediate"] == pytest.approx(0.1)
 
 
