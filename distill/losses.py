@@ -75,6 +75,15 @@ def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
 # KL terms
 
 
+def _same_shape(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    """A ValueError unless the student's and the teacher's logits have one shape."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in shape"
+        )
+
+
 @fp32
 def reverse_kl(
     student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
@@ -87,11 +96,7 @@ def reverse_kl(
             temperature by the caller; detached here (gradients flow through q only).
         mask: optional ``Tensor[B, T]`` (bool or 0/1); masked-out positions give 0.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ in shape"
-        )
+    _same_shape(student_logits, teacher_logits)
     log_q = F.log_softmax(student_logits.float(), dim=-1)
     log_p = F.log_softmax(teacher_logits.detach().float(), dim=-1)
     kl = (log_q.exp() * (log_q - log_p)).sum(dim=-1)
@@ -114,11 +119,7 @@ def total_variation(
             temperature; detached here (gradients flow through q only).
         mask: optional ``Tensor[B, T]``; masked-out positions give 0.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ in shape"
-        )
+    _same_shape(student_logits, teacher_logits)
     q = torch.softmax(student_logits.float(), dim=-1)
     p = torch.softmax(teacher_logits.detach().float(), dim=-1)
     tv = 1.0 - torch.minimum(q, p).sum(dim=-1)
