@@ -21,7 +21,7 @@ Output folder::
       metrics.jsonl, train_args.json
 
 Fine-tuning (``--init_from DIR``): the run starts from the weights of a distilled student folder
-(a run's ``student/`` or a shipped one) with its architecture, a fresh optimiser and the run's
+(a run's output folder, its ``student/``, or a shipped one) with its architecture, a fresh optimiser and the run's
 loss weights, e.g. to tune a student as a speculative draft model (``--tv_weight``, DESIGN §10).
 
 Teacher folder layout (:mod:`distill.teacher`): ``TEACHER/vqvae``, ``TEACHER/top``,
@@ -160,13 +160,13 @@ def init_student_folder(folder: str | Path) -> Path:
 
 
 def read_init_student(
-    folder: str | Path, dcfg: DistillConfig, prior_dir: Path
+    folder: str | Path, dcfg: DistillConfig, prior_dir: Path | None = None
 ) -> tuple[Path, StudentConfig]:
     """The student folder a fine-tuning run starts from (``--init_from``,
     :func:`init_student_folder`) and its config, checked before any work: a readable student
     config (else one :class:`~teacher.io.ModelFolderError` naming the folder), the family and
-    the level of the run. A student distilled from other teacher weights (a fine-tuned teacher)
-    is allowed, with a warning."""
+    the level of the run. A student distilled from other teacher weights than ``prior_dir``'s (a
+    fine-tuned teacher) is allowed, with a warning (None: not compared, no weights read)."""
     folder = init_student_folder(folder)
     cfg = read_model_config(folder, StudentConfig, "student")
     if cfg.family != dcfg.family:
@@ -179,7 +179,11 @@ def read_init_student(
             f"--init_from {folder} replaces level {cfg.level}, the run distils level {dcfg.level}"
         )
     link = folder / TEACHER_LINK_FILE
-    if link.is_file() and read_json(link).get("fingerprint") != model_fingerprint(prior_dir):
+    if (
+        prior_dir is not None
+        and link.is_file()
+        and read_json(link).get("fingerprint") != model_fingerprint(prior_dir)
+    ):
         log.warning(
             "--init_from %s was distilled from other weights than %s: fine-tuning it on them",
             folder,
@@ -206,9 +210,9 @@ def distill(
     with the upper codes of the same span and the label vectors. A resumed run (``run_cfg.
     resume_from_checkpoint``) takes the student config from its checkpoint and refuses another
     teacher. ``init_from`` (fine-tuning; not with ``student_cfg``): start from the weights and
-    the architecture of this student folder or run output folder (:func:`read_init_student`), with a fresh optimiser
-    and EMA; a resumed run takes precedence. See the module docstring for the step, the metrics
-    and the output folder.
+    the architecture of this student folder or distill output folder
+    (:func:`read_init_student`), with a fresh optimiser and EMA; a resumed run takes precedence.
+    See the module docstring for the step, the metrics and the output folder.
     """
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -519,12 +523,9 @@ def run(args: argparse.Namespace) -> Path:
     if getattr(args, "dry_run", False):
         from distill.dry_run import dry_run
 
-        init = kwargs["init_from"]
-        student_cfg = None
-        if init is not None:  # the plan of the folder's architecture (its config only)
-            prior_dir = teacher_paths(kwargs["teacher_dir"], kwargs["distill_cfg"].level)[0]
-            student_cfg = read_init_student(init, kwargs["distill_cfg"], prior_dir)[1]
-        return dry_run(kwargs["teacher_dir"], kwargs["distill_cfg"], kwargs["run_cfg"], student_cfg)
+        init = kwargs["init_from"]  # the plan of its architecture (its config only)
+        cfg = None if init is None else read_init_student(init, kwargs["distill_cfg"])[1]
+        return dry_run(kwargs["teacher_dir"], kwargs["distill_cfg"], kwargs["run_cfg"], cfg)
     return distill(**kwargs)
 
 

@@ -255,6 +255,10 @@ def test_init_from_fine_tunes_a_distilled_student(setup, categorical, tmp_path):
     assert first["draft_acceptance"] == pytest.approx(1.0 - first["tv"])
 
     parser = build_parser()
+    # the dry run plans the folder's architecture (the tiny preset's K = 3, not small's 4)
+    plan = run(parser.parse_args([*_swap_out(args, tmp_path / "plan"), "--dry_run"] + extra[:2]))
+    n_params = sum(v.numel() for v in theirs.values())
+    assert read_json(plan)["student_params"] == n_params
     bad = tmp_path / "bad"
     for extra, match in (
         (["--init_from", str(init), "--preset", "tiny"], "exclude each other"),
