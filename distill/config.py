@@ -24,7 +24,8 @@ from teacher.vqvae.config import VQVAEConfig
 #: (spectral convergence + log magnitude, ~1-2 for unrelated audio) is on the scale of a KL of
 #: ~1 nat/token, so neither term swamps the other at the start; ``kl_intermediate`` 0.1 as the
 #: prototype of DESIGN §5; ``tv`` off (the total variation distance, 1 − a speculative draft's
-#: expected acceptance: for students distilled as draft models); ``power`` off (the MR-STFT term already matches the spectrum);
+#: expected acceptance: for students tuned as draft models); ``power`` off (the MR-STFT term
+#: already matches the spectrum);
 #: ``ce`` off (warm-up only, decays to 0 over ``ce_warmup_steps``).
 DEFAULT_WEIGHTS: dict[str, float] = {
     "kl": 1.0,

@@ -143,7 +143,8 @@ def categorical_distill_terms(
         ``"kl"``: mean final-stage reverse KL per token (the logged KL estimate, nats/token);
         ``"kl_intermediate"``: mean over the earlier stages of their mean KL against the same
         teacher logits (0 when K = 1); ``"tv"``: the final stage's mean total variation
-        distance to the teacher per token (:func:`total_variation`); ``"kl_stages"``: ``Tensor[K]`` per-stage KL, detached,
+        distance to the teacher per token (:func:`total_variation`); ``"kl_stages"``:
+        ``Tensor[K]`` per-stage KL, detached,
         for logging; ``"distill"``: ``kl + intermediate_weight · kl_intermediate`` for callers
         that do not use :func:`total_loss` (whose weights dict applies its own
         ``kl_intermediate`` weight to the unweighted term).

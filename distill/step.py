@@ -12,7 +12,8 @@ Per optimiser step (:func:`distill_step`):
    the calibrated soft-assignment KL, or the Monte-Carlo cross-entropy minus the log-det entropy
    with ``gaussian_loss="mc"``), ``kl_intermediate`` the same for the earlier stages against
    the same teacher pass, ``tv`` the final stage's total variation distance to the teacher
-   (1 − a speculative draft's expected acceptance; off by default), ``mrstft`` the multi-resolution STFT loss between the audio decoded by
+   (1 − a speculative draft's expected acceptance; off by default), ``mrstft`` the
+   multi-resolution STFT loss between the audio decoded by
    the frozen VQ-VAE decoder of the level from the student's straight-through code embeddings
    and the decoded TRUE codes of the window (KL alone gives quiet, whispery audio: Parallel
    WaveNet §3.2), ``power`` Parallel WaveNet's power loss, and ``ce`` a warm-up cross-entropy on

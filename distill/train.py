@@ -21,8 +21,9 @@ Output folder::
       metrics.jsonl, train_args.json
 
 Fine-tuning (``--init_from DIR``): the run starts from the weights of a distilled student folder
-(a run's output folder, its ``student/``, or a shipped one) with its architecture, a fresh optimiser and the run's
-loss weights, e.g. to tune a student as a speculative draft model (``--tv_weight``, DESIGN §10).
+(a run's output folder, its ``student/``, or a shipped one) with its architecture, a fresh
+optimiser and the run's loss weights, e.g. to tune a student as a speculative draft model
+(``--tv_weight``, DESIGN §10).
 
 Teacher folder layout (:mod:`distill.teacher`): ``TEACHER/vqvae``, ``TEACHER/top``,
 ``TEACHER/middle``, ``TEACHER/bottom``, each a model folder (prior folders also hold
