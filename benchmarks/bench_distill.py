@@ -68,7 +68,7 @@ one run shown, the ranges over several such runs in the README)::
         (auto: gamma="auto"; cold = a process's first window at the batch size, drafted to
         measure it -- at batch 16 its rounds lose and the teacher finishes it; then every
         window is left to the teacher alone -- exact mode's own path: 0.99x-1.04x / 0.98x-1.02x
-        over five runs, exact's own runs differing by 1-4%)
+        over six runs, exact's own runs differing by 1-4%)
     (a2) one clip's both levels from its true top codes (the bottom reads SAMPLED middle codes):
         speculative (window drafts) 0.91x-1.03x of exact over runs: the bottom student's
         acceptance falls from 0.76 to 0.63 on sampled middle codes (distilled on real ones);
@@ -77,8 +77,9 @@ one run shown, the ranges over several such runs in the README)::
         per teacher pass per row (gamma 4); window 0.67 / 0.76 -> 2.74 / 3.37 (gamma 6); auto
         2.8-3.0 / 3.4-3.9 over runs
     (b3) pooled over the 16 held-out clips (each alone, its own labels): incremental 0.755 /
-        0.860 -> 3.05 / 3.74 codes per pass; window 0.727 / 0.786 -> 3.17 / 3.59; per clip
-        2.4-4.4 (middle, window). The first clip is one of the harder ones. On 16 OTHER synth
+        0.860 -> 3.05 / 3.74 codes per pass; window 0.727 / 0.786 -> 3.17 / 3.59, at 1.18x /
+        1.25x exact's speed on the same clips; per clip 2.4-4.4 (middle, window).
+        The first clip is one of the harder ones. On 16 OTHER synth
         songs (seed + 20000, the same script): incremental 2.99 / 3.58, window 2.93 / 3.48 --
         the middle level sits at the goal, not clearly above it.
     (b2) per round, batch 1: exact step 0.30 ms; incremental: draft 0.33-0.34 ms/code (1.1 exact
@@ -93,11 +94,12 @@ one run shown, the ranges over several such runs in the README)::
         student 0.71 / 0.80, random codes 0.00 / 0.00
     (e) released upsampler shape on the CPU (random weights, bf16, 24-code window, the demo
         student's architecture at the released geometry): exact step 188-193 ms, draft 1.3
-        ms/code, verify 183-189 ms/round, round / step 0.96-1.03 -> 2.65x-2.83x projected at the
+        ms/code, verify 183-189 ms/round, round / step 0.86-1.03 -> 2.65x-3.17x projected at the
         middle's acceptance 0.69 (3.4x at the bottom's 0.82).
     GOALS: accelerated >= 50x at batch 1: NOT MET (6.6x); MR-STFT within 1.15x: MET (0.98x,
         0.97x); KL < 0.2: MET (0.174, 0.103); speculative >= 3 codes per pass (pooled): MET
-        (middle 3.17 window, bottom 3.74 incremental); speculative as fast as exact (B=1): MET
+        (middle 3.17 window, at 1.18x exact over those clips; bottom 3.74 incremental);
+        speculative as fast as exact (B=1): MET
         (1.11x / 1.17x); not slower at B=16: MET (1.00x / 1.02x with gamma auto: the teacher
         alone on every window after the first, equal to exact within exact's own run-to-run
         spread); released round within 1.3x of a step: MET (0.97x); >= 2.5x projected: MET
@@ -555,8 +557,9 @@ def pooled_section(
 ) -> tuple[Table, dict[str, Any]]:
     """(b3): codes per teacher pass across the held-out clips, each sampled alone (batch 1)
     with its own artist and genre from its true upper codes: acceptance and codes per pass
-    pooled over the clips (Σ codes / Σ row passes) and their range per clip. One clip's rate
-    says little: over the demo's clips it ranges from under 2 to over 4."""
+    pooled over the clips (Σ codes / Σ row passes) and their range per clip, and the wall time
+    over all clips against exact mode's on the same clips (one run each, interleaved per clip).
+    One clip's rate says little: over the demo's clips it ranges from under 2 to over 4."""
     fixed = gamma if isinstance(gamma, int) else None
     table = Table(
         f"(b3) speculative sampling across {len(clips)} held-out clips, batch 1, each with its "
@@ -570,10 +573,13 @@ def pooled_section(
             "per clip: min",
             "median",
             "max",
+            "seconds (all clips)",
+            "x exact",
         ],
         note="Each clip sampled alone from its true upper codes (seed as in (a)); pooled = all "
         "clips' codes over all their teacher passes (accepted over evaluated drafts for the "
-        "acceptance). Fixed gamma only: gamma auto's choices follow the machine's timings. "
+        "acceptance); seconds: the sampler's wall time summed over the clips (one run each, "
+        "after (a)'s warm-up), x exact: exact mode's sum on the same clips over it. Fixed gamma only: gamma auto's choices follow the machine's timings. "
         "Tables (a) and (b) time the first clip alone; at batch > 1 every row takes the first "
         "clip's artist and genre (one label set per call), which lowers its acceptance.",
     )
@@ -582,27 +588,40 @@ def pooled_section(
     raw: dict[str, Any] = {}
     for name in UPSAMPLING:
         lv = level_of(name)
-        for draft, mode in POOLED_DRAFTS:
-            total = SpeculativeStats()
-            per = []
-            for i, clip in enumerate(clips):
-                one = [c[i : i + 1] for c in codes]
-                log.info("pooled: %s level, clip %d, %s drafts", name, i, draft)
-                res = upsample_level(fj, one, lv, mode, clip_names(fj, clip, lv), seed, fixed)
-                sp = res.stats[name].speculative
-                total = total + sp
-                per.append(sp.tokens_per_pass)
-            per.sort()
-            raw[f"{name}/{draft}"] = {**total.to_dict(), "per_clip": per}
+        totals = {draft: SpeculativeStats() for draft, _ in POOLED_DRAFTS}
+        per: dict[str, list[float]] = {draft: [] for draft, _ in POOLED_DRAFTS}
+        seconds = dict.fromkeys(["exact", *totals], 0.0)
+        for i, clip in enumerate(clips):
+            one, names = [c[i : i + 1] for c in codes], clip_names(fj, clip, lv)
+            for draft, mode in (("exact", "exact"), *POOLED_DRAFTS):  # interleaved per clip
+                log.info("pooled: %s level, clip %d, %s", name, i, mode)
+                res = upsample_level(fj, one, lv, mode, names, seed, fixed)
+                seconds[draft] += res.stats[name].seconds
+                if draft in totals:
+                    sp = res.stats[name].speculative
+                    totals[draft] = totals[draft] + sp
+                    per[draft].append(sp.tokens_per_pass)
+        for draft, total in totals.items():
+            rates = sorted(per[draft])
+            ratio = seconds["exact"] / max(seconds[draft], 1e-9)
+            raw[f"{name}/{draft}"] = {
+                **total.to_dict(),
+                "per_clip": rates,
+                "seconds": seconds[draft],
+                "exact_seconds": seconds["exact"],
+                "x_exact": ratio,
+            }
             table.add(
                 name,
                 draft,
                 fixed if fixed is not None else default_gamma(draft),
                 total.acceptance_rate,
                 total.tokens_per_pass,
-                per[0],
-                per[len(per) // 2],
-                per[-1],
+                rates[0],
+                rates[len(rates) // 2],
+                rates[-1],
+                seconds[draft],
+                ratio,
             )
     return table, raw
 
@@ -1231,7 +1250,8 @@ def goals_table(results: dict[str, Any]) -> Table:
                 f"{tpp:.2f} pooled over {len(st['per_clip'])} clips ({draft} drafts, "
                 f"{st['per_clip'][0]:.2f}-{st['per_clip'][-1]:.2f} per clip; "
                 + ", ".join(f"{d} {float(v['tokens_per_pass']):.2f}" for d, v in pooled.items())
-                + f"); the first clip alone: {first}"
+                + f"; {draft} drafts' wall time over the clips {st['x_exact']:.2f}x exact's)"
+                + f"; the first clip alone: {first}"
             )
             where = f"batch 1, pooled over {len(st['per_clip'])} held-out clips"
         else:
