@@ -78,7 +78,7 @@ one run shown, the ranges over several such runs in the README)::
         2.8-3.0 / 3.4-3.9 over runs
     (b3) pooled over the 16 held-out clips (each alone, its own labels): incremental 0.755 /
         0.860 -> 3.05 / 3.74 codes per pass; window 0.727 / 0.786 -> 3.17 / 3.59, at 1.18x /
-        1.25x exact's speed on the same clips; per clip 2.4-4.4 (middle, window).
+        1.25x exact's speed on the same clips (a second run); per clip 2.4-4.4 (middle, window).
         The first clip is one of the harder ones. On 16 OTHER synth
         songs (seed + 20000, the same script): incremental 2.99 / 3.58, window 2.93 / 3.48 --
         the middle level sits at the goal, not clearly above it.
