@@ -55,7 +55,7 @@ Measured here (2 vCPU Xeon with AMX, torch 2.13.0+cpu, 2 threads, quiet; the SHI
 models (``fastjukebox demo``'s folder, ``eval/demo/pretrained/MODEL_CARD.md``; the middle student
 at 13500 steps), 16 kHz; held-out clips of 4.10 s = 2048 middle / 8192 bottom codes; teacher
 windows of 2048 codes; students K = 4; speculative gamma = the draft's default (4 incremental,
-6 window); (a) the fastest of 2 interleaved runs; 8.5 min with ``--only_speed --released``;
+6 window); (a) the fastest of 2 interleaved runs; 9.3 min with ``--only_speed --released``;
 one run shown, the ranges over several such runs in the README)::
 
     (a) s (x exact)  B=1: middle    bottom         B=16: middle    bottom
@@ -75,7 +75,7 @@ one run shown, the ranges over several such runs in the README)::
         gamma auto then leaves the bottom's windows to the teacher alone (0.97x-1.07x)
     (b) the first clip, batch 1: incremental 0.69 / 0.82 (middle / bottom) -> 2.71 / 3.47 codes
         per teacher pass per row (gamma 4); window 0.67 / 0.76 -> 2.74 / 3.37 (gamma 6); auto
-        2.8-3.0 / 3.4-3.9 over runs
+        2.76-2.96 / 3.4-3.9 over runs
     (b3) pooled over the 16 held-out clips (each alone, its own labels): incremental 0.755 /
         0.860 -> 3.05 / 3.74 codes per pass; window 0.727 / 0.786 -> 3.17 / 3.59, at 1.18x /
         1.25x exact's speed on the same clips (a second run); per clip 2.4-4.4 (middle, window).
