@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from student.config import (
@@ -18,7 +20,22 @@ from student.config import (
 )
 from teacher.config import ConfigError
 from teacher.device import DTYPES
+from teacher.io import CONFIG_FILE
 from teacher.vqvae.config import VQVAEConfig
+
+#: the student folder a distillation run exports under its output folder
+EXPORT_DIR = "student"
+
+
+def student_folder(folder: str | os.PathLike) -> Path | None:
+    """``folder`` if it holds a student (its config), else its distillation run's export
+    ``folder/student``, else None: where sampling and ``--init_from`` find a student."""
+    folder = Path(folder)
+    for candidate in (folder, folder / EXPORT_DIR):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    return None
+
 
 #: the named loss weights (keys = log keys of the terms). ``mrstft`` 1.0: auraloss's MR-STFT
 #: (spectral convergence + log magnitude, ~1-2 for unrelated audio) is on the scale of a KL of
@@ -178,8 +195,10 @@ def student_config_from_preset(
 __all__ = [
     "CE_TARGETS",
     "DEFAULT_WEIGHTS",
+    "EXPORT_DIR",
     "TEACHER_SAMPLING_TEMPERATURE",
     "DistillConfig",
     "loss_config_for",
     "student_config_from_preset",
+    "student_folder",
 ]

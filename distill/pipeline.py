@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from distill.config import EXPORT_DIR, student_folder
 from distill.speculative import (
     SpeculativeSampler,
     SpeculativeStats,
@@ -73,7 +74,6 @@ LEVEL_MODES = ("exact", "student", "speculative")
 #: default students folder inside a teacher folder
 STUDENTS_DIR = "students"
 #: the folder ``distill.train`` exports its student to, inside its output folder
-EXPORT_DIR = "student"
 #: memory a student's chunk may hold in noise, logits and relaxed codes (auto_chunk)
 STUDENT_MEMORY_BYTES = 256 << 20
 
@@ -455,7 +455,7 @@ class FastJukebox:
             required = set(expected)
         loaded: dict[int, Student] = {}
         for lv, folder in expected.items():
-            found = _student_folder(folder)
+            found = student_folder(folder)
             if found is None:
                 if lv in required:
                     raise FileNotFoundError(
@@ -715,14 +715,6 @@ class FastJukebox:
         base = {f.name: getattr(result, f.name) for f in fields(GenerationResult)}
         base["info"] = info
         return FastGenerationResult(**base, stats=stats)
-
-
-def _student_folder(folder: Path) -> Path | None:
-    """``folder`` if it holds a student, else its ``distill.train`` export, else None."""
-    for candidate in (folder, folder / EXPORT_DIR):
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate
-    return None
 
 
 __all__ = [

@@ -45,9 +45,11 @@ from torch import Tensor
 from distill.config import (
     CE_TARGETS,
     DEFAULT_WEIGHTS,
+    EXPORT_DIR,
     DistillConfig,
     loss_config_for,
     student_config_from_preset,
+    student_folder,
 )
 from distill.step import distill_step, run_validation, step_generator, validation_batch
 from distill.teacher import (
@@ -95,8 +97,6 @@ from teacher.train.loop import (
 from teacher.vqvae.config import VQVAEConfig
 
 log = logging.getLogger(__name__)
-
-EXPORT_NAME = "student"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,13 +151,10 @@ def _check_window(cfg: StudentConfig, prior_cfg: Any, n_ctx: int) -> None:
 
 
 def init_student_folder(folder: str | Path) -> Path:
-    """The student folder ``--init_from`` names: ``folder`` itself, or the ``student/`` export
-    of a distillation run's output folder."""
-    folder = Path(folder)
-    export = folder / EXPORT_NAME
-    if not (folder / "config.json").is_file() and (export / "config.json").is_file():
-        return export
-    return folder
+    """The student folder ``--init_from`` names (:func:`~distill.config.student_folder`:
+    ``folder`` itself or its run's ``student/`` export), or ``folder`` when it holds neither
+    (its errors then name it)."""
+    return student_folder(folder) or Path(folder)
 
 
 def read_init_student(
@@ -244,7 +241,7 @@ def distill(
     if init_from is not None and resume is None:
         init, student_cfg = read_init_student(init_from, dcfg, prior_dir)
     if resume is not None:
-        saved = resume / EXPORT_NAME
+        saved = resume / EXPORT_DIR
         student_cfg = load_student_config(str(saved / "config.json"))
         link = saved / TEACHER_LINK_FILE
         if link.is_file() and read_json(link)["fingerprint"] != model_fingerprint(prior_dir):
@@ -393,7 +390,7 @@ def distill(
         step=step,
         export=export,
         describe=describe,
-        export_name=EXPORT_NAME,
+        export_name=EXPORT_DIR,
         ema_decay=dcfg.ema_decay,
         after_step=validate,
         tracker_config={"lr": run_cfg.learning_rate, "level": level, **weights},
