@@ -579,7 +579,8 @@ def pooled_section(
         note="Each clip sampled alone from its true upper codes (seed as in (a)); pooled = all "
         "clips' codes over all their teacher passes (accepted over evaluated drafts for the "
         "acceptance); seconds: the sampler's wall time summed over the clips (one run each, "
-        "after (a)'s warm-up), x exact: exact mode's sum on the same clips over it. Fixed gamma only: gamma auto's choices follow the machine's timings. "
+        "after (a)'s warm-up), x exact: exact mode's sum on the same clips over it. Fixed "
+        "gamma only: gamma auto's choices follow the machine's timings. "
         "Tables (a) and (b) time the first clip alone; at batch > 1 every row takes the first "
         "clip's artist and genre (one label set per call), which lowers its acceptance.",
     )
